@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` (a live local rollout) and `make test` (everything CI runs).
+# Both bootstrap a virtualenv in .venv from pyproject.toml; the control-plane binaries are built from the
+# pinned Go modules under integ/gomod and cached under ~/.cache/brupop-integ (see integ/build.py).
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint type unit integration controlplane demo clean
+
+test: lint type unit integration
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check brupop integ tests benchmarks
+	$(BIN)/ruff format --check brupop integ tests benchmarks
+
+type: $(STAMP)
+	$(BIN)/mypy brupop
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q --cov=brupop --cov-report=term
+
+controlplane: $(STAMP)
+	$(BIN)/python -m integ build
+
+integration: controlplane
+	$(BIN)/pytest tests/integ -q
+
+demo: controlplane
+	$(BIN)/python -m integ demo $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
