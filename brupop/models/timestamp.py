@@ -1,0 +1,92 @@
+"""RFC 3339 instants as the Rust brupop writes them, kept exactly as received.
+
+The Rust brupop writes chrono's `to_rfc3339()` (nine fractional digits, `+00:00`), while other writers use
+`Z` and fewer digits. Python's datetime holds only microseconds, so a parsed value keeps its original text:
+an object read and written back is unchanged byte for byte, and `instant` serves every comparison.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
+
+_RFC3339 = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d{1,9}))?"
+    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    """An instant plus the exact RFC 3339 text it came from."""
+
+    text: str
+    instant: datetime = field(compare=False)
+
+    @classmethod
+    def parse(cls, text: str) -> Timestamp:
+        match = _RFC3339.fullmatch(text)
+        if match is None:
+            raise ValueError(
+                f"{text!r} is not an RFC 3339 timestamp (expected e.g. 2024-05-01T10:00:00.123456789+00:00 "
+                "or 2024-05-01T10:00:00Z)"
+            )
+        offset_text = match["offset"]
+        if offset_text in ("Z", "z"):
+            offset = timedelta(0)
+        else:
+            sign = -1 if offset_text[0] == "-" else 1
+            hours, minutes = int(offset_text[1:3]), int(offset_text[4:6])
+            if hours > 23 or minutes > 59:
+                raise ValueError(f"{text!r} has an invalid UTC offset {offset_text!r}")
+            offset = sign * timedelta(hours=hours, minutes=minutes)
+        micros = int((match["frac"] or "0").ljust(9, "0")[:6])
+        try:
+            local = datetime.fromisoformat(f"{match['date']}T{match['time']}")
+        except ValueError as err:
+            raise ValueError(f"{text!r} is not a valid date and time: {err}") from None
+        instant = local.replace(microsecond=micros, tzinfo=timezone(offset)).astimezone(UTC)
+        return cls(text=text, instant=instant)
+
+    @classmethod
+    def from_datetime(cls, moment: datetime) -> Timestamp:
+        """The chrono `to_rfc3339()` form: UTC, nine fractional digits, `+00:00`."""
+        if moment.tzinfo is None:
+            raise ValueError("a naive datetime has no defined instant; pass an aware datetime")
+        utc = moment.astimezone(UTC)
+        text = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond:06d}000+00:00"
+        return cls(text=text, instant=utc)
+
+    def __str__(self) -> str:
+        return self.text
+
+    @classmethod
+    def _validate(cls, value: Any) -> Timestamp:
+        if isinstance(value, Timestamp):
+            return value
+        if isinstance(value, datetime):
+            return cls.from_datetime(value)
+        if isinstance(value, str):
+            return cls.parse(value)
+        raise ValueError(f"expected an RFC 3339 timestamp string, got {type(value).__name__}")
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            cls._validate,
+            serialization=core_schema.plain_serializer_function_ser_schema(str, when_used="always"),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"type": "string"}

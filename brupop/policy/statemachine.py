@@ -1,0 +1,65 @@
+"""The controller's next `spec` for one BottlerocketShadow, as the Rust brupop decides it.
+
+The agent walks Idle -> StagedAndPerformedUpdate -> RebootedIntoUpdate -> MonitoringUpdate -> Idle; the
+controller advances the spec one step each time the agent reports it reached the current one, and sends
+a node that reported ErrorReset back to Idle. Whether an idle node may *start* is the caller's decision
+(`may_start`: concurrency and schedule); the crash back-off is applied here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+from brupop.models.shadow import DEFAULT_SPEC, BottlerocketShadow, ShadowSpec, ShadowState
+from brupop.models.timestamp import Timestamp
+from brupop.policy.backoff import may_retry
+
+_AFTER: Final = {
+    ShadowState.STAGED_AND_PERFORMED_UPDATE: ShadowState.REBOOTED_INTO_UPDATE,
+    ShadowState.REBOOTED_INTO_UPDATE: ShadowState.MONITORING_UPDATE,
+    ShadowState.MONITORING_UPDATE: ShadowState.IDLE,
+    ShadowState.ERROR_RESET: ShadowState.IDLE,
+}
+
+
+def is_active(shadow: BottlerocketShadow) -> bool:
+    """In an update cycle: counts against the concurrency limit (ErrorReset included, as in brupop)."""
+    status = shadow.status
+    return status is not None and (
+        status.current_state is not ShadowState.IDLE or status.current_state is not shadow.spec.state
+    )
+
+
+def wants_to_start(shadow: BottlerocketShadow, *, now: datetime) -> bool:
+    """Idle, settled, an update on offer and its back-off over: it would start if allowed."""
+    status = shadow.status
+    return (
+        status is not None
+        and not is_active(shadow)
+        and status.update_available()
+        and may_retry(status, now=now)
+    )
+
+
+def next_spec(shadow: BottlerocketShadow, *, now: datetime, may_start: bool) -> ShadowSpec:
+    """The spec the controller should write now (equal to the current spec when nothing changes)."""
+    spec, status = shadow.spec, shadow.status
+    if status is None:
+        return DEFAULT_SPEC
+    stamp = Timestamp.from_datetime(now)
+    if status.current_state is not spec.state:
+        if status.current_state is ShadowState.ERROR_RESET and spec.state is not ShadowState.IDLE:
+            return ShadowSpec(state=ShadowState.IDLE, state_transition_timestamp=stamp, version=spec.version)
+        return spec
+    if spec.state is ShadowState.IDLE:
+        if not status.update_available():
+            return DEFAULT_SPEC
+        if may_start and may_retry(status, now=now):
+            return ShadowSpec(
+                state=ShadowState.STAGED_AND_PERFORMED_UPDATE,
+                state_transition_timestamp=stamp,
+                version=status.target_version,
+            )
+        return spec
+    return ShadowSpec(state=_AFTER[spec.state], state_transition_timestamp=stamp, version=spec.version)
