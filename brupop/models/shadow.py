@@ -36,6 +36,9 @@ class _Wire(BaseModel):
 class ShadowSpec(_Wire):
     """The controller's goal for a node."""
 
+    # The Python default builds the initial spec; the cluster still requires `state` to be written.
+    model_config = ConfigDict(json_schema_extra={"required": ["state"]})
+
     state: ShadowState = Field(
         default=ShadowState.IDLE,
         description="The state the controller wants the node to reach; only the controller writes it.",

@@ -26,6 +26,8 @@ class _Wire(BaseModel):
 
 
 class ShadowSpecV1(_Wire):
+    model_config = ConfigDict(json_schema_extra={"required": ["state"]})
+
     state: ShadowStateV1 = Field(default=ShadowStateV1.IDLE, description="The state the controller wants.")
     state_transition_timestamp: Timestamp | None = Field(
         default=None, description="When the controller set this state (RFC 3339)."

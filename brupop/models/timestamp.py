@@ -60,7 +60,7 @@ class Timestamp:
         if moment.tzinfo is None:
             raise ValueError("a naive datetime has no defined instant; pass an aware datetime")
         utc = moment.astimezone(UTC)
-        text = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond:06d}000+00:00"
+        text = utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "000+00:00"
         return cls(text=text, instant=utc)
 
     def __str__(self) -> str:

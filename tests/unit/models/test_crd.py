@@ -1,0 +1,127 @@
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from brupop import manifests
+from brupop.models.crd import custom_resource_definition, structural_schema
+from brupop.models.shadow import ShadowStatus
+from brupop.models.version import SEMVER_PATTERN
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def versions() -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in custom_resource_definition()["spec"]["versions"]}
+
+
+def test_identity_names_and_scope() -> None:
+    crd = custom_resource_definition()
+    assert crd["metadata"]["name"] == "bottlerocketshadows.brupop.bottlerocket.aws"
+    spec = crd["spec"]
+    assert spec["group"] == "brupop.bottlerocket.aws"
+    assert spec["names"] == {
+        "kind": "BottlerocketShadow",
+        "plural": "bottlerocketshadows",
+        "singular": "bottlerocketshadow",
+        "shortNames": ["brs"],
+    }
+    assert spec["scope"] == "Namespaced"
+    assert [(v["name"], v["served"], v["storage"]) for v in spec["versions"]] == [
+        ("v2", True, True),
+        ("v1", True, False),
+    ]
+    assert all(v["subresources"] == {"status": {}} for v in spec["versions"])
+
+
+def test_conversion_webhook_and_ca_injection_point_at_real_objects() -> None:
+    crd = custom_resource_definition(namespace="ops")
+    webhook = crd["spec"]["conversion"]["webhook"]
+    assert crd["spec"]["conversion"]["strategy"] == "Webhook"
+    assert webhook["clientConfig"]["service"] == {
+        "name": "brupop-apiserver",
+        "namespace": "ops",
+        "path": "/crdconvert",
+        "port": 443,
+    }
+    assert webhook["conversionReviewVersions"] == ["v1"]
+    assert (
+        crd["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "ops/brupop-apiserver-certificate"
+    )
+
+
+def test_printer_columns() -> None:
+    columns = {
+        name: [(c["name"], c["jsonPath"]) for c in v["additionalPrinterColumns"]]
+        for name, v in versions().items()
+    }
+    expected = [
+        ("State", ".status.current_state"),
+        ("Version", ".status.current_version"),
+        ("Target State", ".spec.state"),
+        ("Target Version", ".spec.version"),
+    ]
+    assert columns == {"v2": [*expected, ("Crash Count", ".status.crash_count")], "v1": expected}
+
+
+def test_v2_schema_is_structural_and_matches_the_wire_format() -> None:
+    schema = versions()["v2"]["schema"]["openAPIV3Schema"]
+    spec, status = schema["properties"]["spec"], schema["properties"]["status"]
+    assert spec["required"] == ["state"]
+    assert spec["properties"]["state"]["enum"] == [
+        "Idle",
+        "StagedAndPerformedUpdate",
+        "RebootedIntoUpdate",
+        "MonitoringUpdate",
+        "ErrorReset",
+    ]
+    assert spec["properties"]["version"] == {
+        "pattern": SEMVER_PATTERN,
+        "type": "string",
+        "description": spec["properties"]["version"]["description"],
+        "nullable": True,
+    }
+    assert status["nullable"] is True
+    assert sorted(status["required"]) == ["crash_count", "current_state", "current_version", "target_version"]
+    crash = status["properties"]["crash_count"]
+    assert (crash["type"], crash["format"], crash["minimum"]) == ("integer", "uint32", 0)
+    assert status["properties"]["state_transition_failure_timestamp"]["nullable"] is True
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            assert not {"$ref", "anyOf", "additionalProperties", "title", "$defs"} & node.keys()
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+
+
+def test_v1_schema_has_v1_states_and_no_crash_tracking() -> None:
+    schema = versions()["v1"]["schema"]["openAPIV3Schema"]["properties"]
+    assert "crash_count" not in schema["status"]["properties"]
+    assert "StagedUpdate" in schema["spec"]["properties"]["state"]["enum"]
+
+
+def test_unsupported_unions_are_refused() -> None:
+    from pydantic import BaseModel
+
+    class Odd(BaseModel):
+        value: int | str
+
+    with pytest.raises(ValueError, match="anyOf"):
+        structural_schema(Odd)
+    assert structural_schema(ShadowStatus)["type"] == "object"
+
+
+def test_checked_in_manifests_match_the_code() -> None:
+    assert manifests.stale_files(REPO / "manifests") == []
+
+
+def test_check_mode_reports_stale_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert manifests.main(["--dir", str(tmp_path), "--check"]) == 1
+    assert "custom-resource-definition.yaml is stale" in capsys.readouterr().err
+    assert manifests.main(["--dir", str(tmp_path)]) == 0
+    assert manifests.main(["--dir", str(tmp_path), "--check"]) == 0

@@ -1,0 +1,72 @@
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from brupop.models.timestamp import Timestamp
+
+
+class Holder(BaseModel):
+    at: Timestamp | None = None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2022-07-09T19:32:38.609610964+00:00", datetime(2022, 7, 9, 19, 32, 38, 609610, tzinfo=UTC)),
+        ("2022-07-09T19:32:38Z", datetime(2022, 7, 9, 19, 32, 38, tzinfo=UTC)),
+        ("2022-07-09T19:32:38.5z", datetime(2022, 7, 9, 19, 32, 38, 500000, tzinfo=UTC)),
+        ("2022-07-09t21:32:38.123+02:00", datetime(2022, 7, 9, 19, 32, 38, 123000, tzinfo=UTC)),
+        ("2022-07-09T17:02:38.1234567-02:30", datetime(2022, 7, 9, 19, 32, 38, 123456, tzinfo=UTC)),
+    ],
+)
+def test_parses_every_fraction_length_and_offset(text: str, expected: datetime) -> None:
+    parsed = Timestamp.parse(text)
+    assert parsed.instant == expected
+    assert parsed.text == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2022-07-09 19:32:38Z",  # space instead of T
+        "2022-07-09T19:32:38",  # no offset
+        "2022-07-09T19:32:38.1234567890Z",  # ten fractional digits
+        "2022-13-09T19:32:38Z",  # month 13
+        "2022-07-09T19:32:38+24:00",  # offset out of range
+        "yesterday",
+    ],
+)
+def test_rejects_what_is_not_rfc3339(text: str) -> None:
+    with pytest.raises(ValueError, match="RFC 3339|valid date|offset"):
+        Timestamp.parse(text)
+
+
+def test_from_datetime_writes_the_chrono_form() -> None:
+    moment = datetime(2024, 5, 1, 12, 0, 1, 250, tzinfo=timezone(timedelta(hours=2)))
+    assert Timestamp.from_datetime(moment).text == "2024-05-01T10:00:01.000250000+00:00"
+
+
+def test_naive_datetimes_are_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        Timestamp.from_datetime(datetime(2024, 5, 1))  # noqa: DTZ001
+
+
+def test_pydantic_field_round_trips_text_and_accepts_datetimes() -> None:
+    text = "2022-07-09T19:32:38.609610964+00:00"
+    assert Holder.model_validate({"at": text}).model_dump(mode="json") == {"at": text}
+    assert Holder(at=datetime(2024, 1, 1, tzinfo=UTC)).model_dump(mode="json") == {  # type: ignore[arg-type]
+        "at": "2024-01-01T00:00:00.000000000+00:00"
+    }
+    with pytest.raises(ValueError, match="RFC 3339 timestamp string"):
+        Holder.model_validate({"at": 12})
+    assert Holder.model_json_schema()["properties"]["at"]["anyOf"][0] == {"type": "string"}
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_written_timestamps_parse_back_to_the_same_instant(moment: datetime) -> None:
+    written = Timestamp.from_datetime(moment)
+    assert Timestamp.parse(written.text).instant == moment
+    assert str(written) == written.text
