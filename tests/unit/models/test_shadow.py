@@ -26,7 +26,8 @@ WIRE = {
 def test_wire_object_round_trips_unchanged() -> None:
     parsed = BottlerocketShadow.model_validate(WIRE)
     assert parsed.spec.state is ShadowState.STAGED_AND_PERFORMED_UPDATE
-    assert parsed.status is not None and parsed.status.update_available()
+    assert parsed.status is not None
+    assert parsed.status.update_available()
     assert parsed.name == "brs-ip-10-0-0-1"
     assert parsed.to_wire() == WIRE
 
