@@ -1,0 +1,276 @@
+"""A thin asyncio client for the Kubernetes REST API, over one pooled httpx connection.
+
+Objects stay plain JSON dicts; callers validate what they need with pydantic models. Verbs are the few the
+programs use: get, list (paged), create (also for subresources such as eviction and token requests),
+JSON merge patch (main resource or a subresource such as `status`), replace, delete, and watch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+
+from brupop.kube.config import KubeConfig
+from brupop.kube.informer import ListWatch, ResourceExpiredError
+from brupop.models import constants as c
+
+Obj = dict[str, Any]
+MERGE_PATCH: Final = "application/merge-patch+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    namespaced: bool
+
+    def path(
+        self, *, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
+NODES = Resource("", "v1", "nodes", namespaced=False)
+PODS = Resource("", "v1", "pods", namespaced=True)
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", namespaced=True)
+EVENTS = Resource("events.k8s.io", "v1", "events", namespaced=True)
+LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True)
+PDBS = Resource("policy", "v1", "poddisruptionbudgets", namespaced=True)
+DEPLOYMENTS = Resource("apps", "v1", "deployments", namespaced=True)
+TOKEN_REVIEWS = Resource("authentication.k8s.io", "v1", "tokenreviews", namespaced=False)
+SHADOWS = Resource(c.API_GROUP, "v2", c.PLURAL, namespaced=True)
+
+
+class ApiError(Exception):
+    """A non-2xx answer, with the Status object's reason and message when the server sent one."""
+
+    def __init__(self, status: int, reason: str, message: str, body: Obj | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = body or {}
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def too_many_requests(self) -> bool:
+        return self.status == 429
+
+
+class _BearerAuth(httpx.Auth):
+    """Reads the token on every request, so rotated projected tokens are picked up."""
+
+    def __init__(self, config: KubeConfig) -> None:
+        self._config = config
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._config.bearer_token()
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+def _error(response: httpx.Response, body: bytes) -> ApiError:
+    try:
+        status = json.loads(body)
+    except ValueError:
+        status = None
+    if isinstance(status, dict) and status.get("kind") == "Status":
+        return ApiError(
+            response.status_code, str(status.get("reason", "")), str(status.get("message", "")), status
+        )
+    return ApiError(response.status_code, response.reason_phrase, body.decode(errors="replace")[:500])
+
+
+class KubeClient:
+    def __init__(
+        self, config: KubeConfig, *, timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None
+    ):
+        self.config = config
+        self._http = httpx.AsyncClient(
+            base_url=config.server,
+            verify=config.ssl_context() if transport is None else True,
+            auth=_BearerAuth(config),
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "brupop-python"},
+        )
+
+    async def __aenter__(self) -> KubeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        content = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": content_type} if content is not None else None
+        response = await self._http.request(method, path, params=params, content=content, headers=headers)
+        if response.status_code >= 400:
+            raise _error(response, response.content)
+        return response.json() if response.content else {}
+
+    async def get(self, resource: Resource, name: str, *, namespace: str | None = None) -> Obj:
+        return await self.request("GET", resource.path(namespace=namespace, name=name))
+
+    async def list(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+    ) -> tuple[list[Obj], str]:
+        """Every matching object (following `continue` tokens) and the list's resourceVersion."""
+        items: list[Obj] = []
+        params = _selectors(label_selector, field_selector)
+        params["limit"] = str(page_size)
+        while True:
+            page = await self.request("GET", resource.path(namespace=namespace), params=params)
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion", ""))
+            params["continue"] = meta["continue"]
+
+    async def create(
+        self,
+        resource: Resource,
+        body: Obj,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+    ) -> Obj:
+        path = resource.path(namespace=namespace, name=name, subresource=subresource)
+        return await self.request("POST", path, body=body)
+
+    async def merge_patch(
+        self,
+        resource: Resource,
+        name: str,
+        patch: Obj,
+        *,
+        namespace: str | None = None,
+        subresource: str | None = None,
+    ) -> Obj:
+        path = resource.path(namespace=namespace, name=name, subresource=subresource)
+        return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    async def replace(self, resource: Resource, name: str, body: Obj, *, namespace: str | None = None) -> Obj:
+        return await self.request("PUT", resource.path(namespace=namespace, name=name), body=body)
+
+    async def delete(
+        self, resource: Resource, name: str, *, namespace: str | None = None, options: Obj | None = None
+    ) -> Obj:
+        return await self.request("DELETE", resource.path(namespace=namespace, name=name), body=options)
+
+    async def watch(
+        self,
+        resource: Resource,
+        *,
+        resource_version: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """(type, object) events; a 410 answer raises ResourceExpiredError, other errors ApiError."""
+        params = _selectors(label_selector, field_selector)
+        params.update(
+            watch="1",
+            allowWatchBookmarks="true",
+            resourceVersion=resource_version,
+            timeoutSeconds=str(timeout_seconds),
+        )
+        timeout = httpx.Timeout(30.0, read=timeout_seconds + 30.0)
+        async with self._http.stream(
+            "GET", resource.path(namespace=namespace), params=params, timeout=timeout
+        ) as response:
+            if response.status_code >= 400:
+                error = _error(response, await response.aread())
+                if error.status == 410:
+                    raise ResourceExpiredError(error.message)
+                raise error
+            async for line in response.aiter_lines():
+                if line.strip():
+                    event = json.loads(line)
+                    yield str(event.get("type", "")), event.get("object") or {}
+
+    def list_watch(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> ListWatch:
+        return _ResourceListWatch(self, resource, namespace, label_selector, field_selector)
+
+
+@dataclass(frozen=True, slots=True)
+class _ResourceListWatch:
+    client: KubeClient
+    resource: Resource
+    namespace: str | None
+    label_selector: str | None
+    field_selector: str | None
+
+    async def list(self) -> tuple[list[Obj], str]:
+        return await self.client.list(
+            self.resource,
+            namespace=self.namespace,
+            label_selector=self.label_selector,
+            field_selector=self.field_selector,
+        )
+
+    def watch(self, resource_version: str) -> AsyncIterator[tuple[str, Obj]]:
+        return self.client.watch(
+            self.resource,
+            resource_version=resource_version,
+            namespace=self.namespace,
+            label_selector=self.label_selector,
+            field_selector=self.field_selector,
+        )
+
+
+def _selectors(label_selector: str | None, field_selector: str | None) -> dict[str, str]:
+    params: dict[str, str] = {}
+    if label_selector:
+        params["labelSelector"] = label_selector
+    if field_selector:
+        params["fieldSelector"] = field_selector
+    return params
