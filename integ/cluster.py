@@ -1,0 +1,293 @@
+"""A real local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok as
+processes on 127.0.0.1, with a fresh PKI and an admin kubeconfig.
+
+Each process runs in its own process group with its output in `<dir>/logs/<name>.log`. The PIDs are
+recorded in `.integ/cluster.json` (repo-local, git-ignored), so `down` and the next `up` can kill what a
+crashed run left behind. `up` returns only when the cluster is really usable: /readyz answers, the
+controller manager has created the `default` service account, and kwok has made a probe node Ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from integ.pki import CertificateAuthority, service_account_keys
+from integ.stages import stages_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+STATE_FILE = REPO / ".integ" / "cluster.json"
+KWOK_NODE_LABEL = ("kwok.x-k8s.io/node", "fake")
+SERVICE_CIDR = "10.0.0.0/24"
+POD_CIDR = "10.244.0.0/16"
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ClusterState:
+    directory: str
+    kubeconfig: str
+    server: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def save(self) -> None:
+        STATE_FILE.parent.mkdir(exist_ok=True)
+        STATE_FILE.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls) -> ClusterState | None:
+        try:
+            return cls(**json.loads(STATE_FILE.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _kill_group(pid: int, *, grace: float = 5.0) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            os.killpg(pid, 0)
+            time.sleep(0.05)
+        os.killpg(pid, signal.SIGKILL)
+
+
+def down(*, keep_files: bool = False) -> None:
+    """Stop the recorded cluster (if any) by PID and remove its files."""
+    state = ClusterState.load()
+    if state is None:
+        return
+    for pid in state.pids.values():
+        _kill_group(pid)
+    if not keep_files:
+        shutil.rmtree(state.directory, ignore_errors=True)
+        shutil.rmtree(Path("/dev/shm") / Path(state.directory).name, ignore_errors=True)
+    STATE_FILE.unlink(missing_ok=True)
+
+
+def _wait(what: str, check: Callable[[], bool], *, timeout: float, logs: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            if check():
+                return
+        time.sleep(0.1)
+    tail = ""
+    if logs is not None and logs.is_file():
+        tail = "\n" + "\n".join(logs.read_text(errors="replace").splitlines()[-30:])
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+
+
+class LocalCluster:
+    def __init__(self, *, bins: Path, directory: Path | None = None) -> None:
+        self.bins = bins
+        self.dir = directory or Path(tempfile.mkdtemp(prefix="brupop-cluster-"))
+        self.logs = self.dir / "logs"
+        self.kubeconfig = self.dir / "admin.kubeconfig"
+        self.state: ClusterState | None = None
+        self.ca: CertificateAuthority | None = None
+
+    def _start(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            [str(self.bins / name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert self.state is not None
+        self.state.pids[name] = process.pid
+        self.state.save()
+        return process
+
+    def _admin(self) -> httpx.Client:
+        assert self.state is not None
+        context = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
+        context.load_cert_chain(str(self.dir / "admin.crt"), str(self.dir / "admin.key"))
+        return httpx.Client(base_url=self.state.server, verify=context, timeout=5)
+
+    def up(self, *, timeout: float = 90.0) -> ClusterState:
+        down()  # leftovers of a crashed run
+        try:
+            return self._up(timeout=timeout)
+        except BaseException:
+            down(keep_files=True)
+            raise
+
+    def _up(self, *, timeout: float) -> ClusterState:
+        started = time.monotonic()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        ca = self.ca = CertificateAuthority.create(self.dir)
+        ca.issue(
+            self.dir,
+            "apiserver",
+            common_name="kube-apiserver",
+            dns=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+            ips=("127.0.0.1", "10.0.0.1"),
+            server=True,
+        )
+        ca.issue(
+            self.dir, "admin", common_name="kubernetes-admin", organizations=("system:masters",), client=True
+        )
+        sa_key, sa_pub = service_account_keys(self.dir)
+        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+        server = f"https://127.0.0.1:{api_port}"
+        self.state = ClusterState(directory=str(self.dir), kubeconfig=str(self.kubeconfig), server=server)
+        self._write_kubeconfig(server)
+        shm = Path("/dev/shm")
+        data = (shm if shm.is_dir() else self.dir) / self.dir.name / "etcd"
+        self._start(
+            "etcd",
+            [
+                "--name=default",
+                f"--data-dir={data}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+        self._start(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                f"--tls-cert-file={self.dir / 'apiserver.crt'}",
+                f"--tls-private-key-file={self.dir / 'apiserver.key'}",
+                f"--client-ca-file={ca.cert_file}",
+                "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                f"--cert-dir={self.dir / 'apiserver-certs'}",
+                "--v=1",
+            ],
+        )
+        with self._admin() as admin:
+            _wait(
+                "kube-apiserver /readyz",
+                lambda: admin.get("/readyz").status_code == 200,
+                timeout=timeout,
+                logs=self.logs / "kube-apiserver.log",
+            )
+        common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
+        self._start(
+            "kube-controller-manager",
+            [
+                *common,
+                f"--secure-port={free_port()}",
+                "--controllers=*",
+                f"--service-account-private-key-file={sa_key}",
+                f"--root-ca-file={ca.cert_file}",
+                "--node-monitor-grace-period=50s",
+            ],
+        )
+        self._start("kube-scheduler", [*common, f"--secure-port={free_port()}"])
+        stages = self.dir / "kwok-stages.yaml"
+        stages.write_text(stages_yaml())
+        kwok_home = self.dir / "kwok-home"
+        kwok_home.mkdir(exist_ok=True)
+        self._start(
+            "kwok",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={stages}",
+                f"--manage-nodes-with-label-selector={KWOK_NODE_LABEL[0]}={KWOK_NODE_LABEL[1]}",
+                "--node-lease-duration-seconds=40",
+                f"--cidr={POD_CIDR}",
+            ],
+            env={"HOME": str(kwok_home), "KWOK_WORKDIR": str(kwok_home)},
+        )
+        remaining = max(timeout - (time.monotonic() - started), 10.0)
+        self._wait_usable(timeout=remaining)
+        return self.state
+
+    def _wait_usable(self, *, timeout: float) -> None:
+        probe = "kwok-probe-node"
+        with self._admin() as admin:
+            _wait(
+                "the default service account (kube-controller-manager)",
+                lambda: admin.get("/api/v1/namespaces/default/serviceaccounts/default").status_code == 200,
+                timeout=timeout,
+                logs=self.logs / "kube-controller-manager.log",
+            )
+            body = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": probe, "labels": dict([KWOK_NODE_LABEL])},
+            }
+            admin.post("/api/v1/nodes", json=body).raise_for_status()
+
+            def ready() -> bool:
+                node: dict[str, Any] = admin.get(f"/api/v1/nodes/{probe}").json()
+                conditions = (node.get("status") or {}).get("conditions") or []
+                return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+            _wait("a kwok node to become Ready", ready, timeout=timeout, logs=self.logs / "kwok.log")
+            admin.delete(f"/api/v1/nodes/{probe}")
+
+    def _write_kubeconfig(self, server: str) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "brupop-integ",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {"server": server, "certificate-authority": str(self.dir / "ca.crt")},
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate": str(self.dir / "admin.crt"),
+                        "client-key": str(self.dir / "admin.key"),
+                    },
+                }
+            ],
+            "contexts": [{"name": "brupop-integ", "context": {"cluster": "local", "user": "admin"}}],
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
