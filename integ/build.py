@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 GOMOD = Path(__file__).resolve().parent / "gomod"
 CACHE = Path.home() / ".cache" / "brupop-integ"
@@ -95,11 +96,11 @@ def _ldflags(target: Target) -> str:
     return " ".join(flags)
 
 
-def build(*, out: Path | None = None, log: object = sys.stderr) -> Path:
+def build(*, out: Path | None = None, log: TextIO = sys.stderr) -> Path:
     """The directory holding every binary, building what is missing."""
     target_dir = out or bin_dir()
     if all((target_dir / name).is_file() for name in BINARIES):
-        print(f"control plane binaries: cached in {target_dir}", file=log)  # type: ignore[call-overload]
+        print(f"control plane binaries: cached in {target_dir}", file=log)
         return target_dir
     staging = target_dir.with_name(target_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -107,7 +108,7 @@ def build(*, out: Path | None = None, log: object = sys.stderr) -> Path:
     started = time.monotonic()
     for target in TARGETS:
         step = time.monotonic()
-        print(f"building {target.binary} from {target.package} ...", file=log, flush=True)  # type: ignore[call-overload]
+        print(f"building {target.binary} from {target.package} ...", file=log, flush=True)
         command = [
             "go",
             "build",
@@ -121,11 +122,10 @@ def build(*, out: Path | None = None, log: object = sys.stderr) -> Path:
             command, cwd=GOMOD / target.module_dir, env=_go_env(), capture_output=True, text=True
         )
         if result.returncode != 0:
-            raise BuildError(
-                f"`{' '.join(command)}` in integ/gomod/{target.module_dir} failed:\n{result.stderr.strip()[-4000:]}"
-            )
-        print(f"  {target.binary}: {time.monotonic() - step:.0f}s", file=log, flush=True)  # type: ignore[call-overload]
+            where = f"integ/gomod/{target.module_dir}"
+            raise BuildError(f"`{' '.join(command)}` in {where} failed:\n{result.stderr.strip()[-4000:]}")
+        print(f"  {target.binary}: {time.monotonic() - step:.0f}s", file=log, flush=True)
     shutil.rmtree(target_dir, ignore_errors=True)
     staging.rename(target_dir)
-    print(f"control plane built in {time.monotonic() - started:.0f}s: {target_dir}", file=log)  # type: ignore[call-overload]
+    print(f"control plane built in {time.monotonic() - started:.0f}s: {target_dir}", file=log)
     return target_dir
