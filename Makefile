@@ -26,6 +26,8 @@ type: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q --cov=brupop --cov-report=term
+	@echo "Coverage of the pure core (brupop/models, brupop/policy), must be >= 95%:"
+	$(BIN)/coverage report --include='brupop/models/*,brupop/policy/*' --fail-under=95 --skip-covered
 
 controlplane: $(STAMP)
 	$(BIN)/python -m integ build
