@@ -41,6 +41,16 @@ def _apiserver() -> Coroutine[Any, Any, None]:
     return serve(ApiserverSettings.from_env(os.environ), KubeConfig.load())
 
 
+def _controller() -> Coroutine[Any, Any, None]:
+    from datetime import UTC, datetime
+
+    from brupop.controller.main import run
+    from brupop.controller.settings import ControllerSettings
+    from brupop.kube.config import KubeConfig
+
+    return run(ControllerSettings.from_env(os.environ, now=datetime.now(UTC)), KubeConfig.load())
+
+
 def _not_yet(name: str) -> Callable[[], Coroutine[Any, Any, None]]:
     def fail() -> Coroutine[Any, Any, None]:
         raise SettingsError(f"brupop {name}: not implemented yet")
@@ -50,7 +60,7 @@ def _not_yet(name: str) -> Callable[[], Coroutine[Any, Any, None]]:
 
 PROGRAMS: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
     "apiserver": _apiserver,
-    "controller": _not_yet("controller"),
+    "controller": _controller,
     "agent": _not_yet("agent"),
 }
 

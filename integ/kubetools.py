@@ -5,12 +5,15 @@ really enforced)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from brupop.kube.client import NAMESPACES, NODES, PODS, SERVICE_ACCOUNTS, ApiError, KubeClient
+import yaml
+
+from brupop.kube.client import NAMESPACES, NODES, PODS, SERVICE_ACCOUNTS, ApiError, KubeClient, Resource
 from brupop.kube.config import KubeConfig
 from brupop.models.constants import UPDATER_INTERFACE_LABEL, UPDATER_INTERFACE_VERSION
 from integ.cluster import KWOK_NODE_LABEL, ClusterState
@@ -146,3 +149,43 @@ def running(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         for p in pods
         if (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
     ]
+
+
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+
+
+def crd_for_local_use(*, webhook_url: str | None = None, ca_pem: bytes | None = None) -> Obj:
+    """The checked-in CRD, its conversion webhook pointed at `webhook_url` (a local HTTPS server trusted
+    through `ca_pem`), or conversion turned off when no URL is given (v2 objects need none)."""
+    crd: Obj = yaml.safe_load((MANIFESTS / "custom-resource-definition.yaml").read_text())
+    if webhook_url is None:
+        crd["spec"]["conversion"] = {"strategy": "None"}
+    else:
+        assert ca_pem is not None
+        crd["spec"]["conversion"]["webhook"]["clientConfig"] = {
+            "url": webhook_url,
+            "caBundle": base64.b64encode(ca_pem).decode(),
+        }
+    return crd
+
+
+async def install_crd(kube: KubeClient, crd: Obj) -> None:
+    name = crd["metadata"]["name"]
+    try:
+        existing = await kube.get(CRDS, name)
+        crd = {
+            **crd,
+            "metadata": {**crd["metadata"], "resourceVersion": existing["metadata"]["resourceVersion"]},
+        }
+        await kube.replace(CRDS, name, crd)
+    except ApiError as err:
+        if not err.not_found:
+            raise
+        await kube.create(CRDS, crd)
+
+    async def established() -> bool:
+        conditions = ((await kube.get(CRDS, name)).get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    await eventually(established, what=f"CRD {name} to be established")
