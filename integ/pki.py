@@ -59,6 +59,14 @@ class CertificateAuthority:
         _write_key(directory / "ca.key", key)
         return cls(cert=cert, key=key, cert_file=directory / "ca.crt")
 
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        """The CA a cluster directory already holds."""
+        cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return cls(cert=cert, key=key, cert_file=directory / "ca.crt")
+
     def issue(
         self,
         directory: Path,

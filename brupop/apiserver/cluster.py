@@ -149,7 +149,9 @@ class _PodApi:
             if err.not_found or (err.conflict and "Precondition" in err.message):
                 raise PodGoneError(f"{namespace}/{name}") from None
             if err.too_many_requests:
-                raise EvictionBlockedError(err.message) from None
+                causes = (err.body.get("details") or {}).get("causes") or []
+                detail = " ".join(str(c.get("message", "")) for c in causes if isinstance(c, dict))
+                raise EvictionBlockedError(f"{err.message} {detail}".strip()) from None
             raise
 
 

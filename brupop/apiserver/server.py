@@ -48,7 +48,10 @@ async def reload_certificates(context: ssl.SSLContext, cert: Path, key: Path, *,
             log.warning("cannot load the serving certificate yet", error=str(err))
 
 
-async def serve(settings: ApiserverSettings, kube_config: KubeConfig) -> None:
+async def serve(
+    settings: ApiserverSettings, kube_config: KubeConfig, *, stop: asyncio.Event | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT (uvicorn's own handling), or until `stop` is set when given."""
     namespace = settings.namespace or kube_config.namespace
     cert, key = settings.tls_dir / "tls.crt", settings.tls_dir / "tls.key"
     async with KubeClient(kube_config) as kube:
@@ -74,7 +77,14 @@ async def serve(settings: ApiserverSettings, kube_config: KubeConfig) -> None:
         config.load()
         assert config.ssl is not None
         server = uvicorn.Server(config)
+
+        async def stop_when_asked() -> None:
+            if stop is not None:
+                await stop.wait()
+                server.should_exit = True
+
         tasks = [
+            asyncio.create_task(stop_when_asked()),
             asyncio.create_task(agents.run()),
             asyncio.create_task(reload_certificates(config.ssl, cert, key, every=CERT_CHECK_SECONDS)),
         ]
