@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check brupop integ tests
-	$(BIN)/ruff format --check brupop integ tests
+	$(BIN)/ruff check brupop integ tests benchmarks
+	$(BIN)/ruff format --check brupop integ tests benchmarks
 
 type: $(STAMP)
 	$(BIN)/mypy brupop
