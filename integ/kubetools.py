@@ -123,7 +123,7 @@ async def pod_bound_token(
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenRequest",
         "spec": {
-            "audiences": audiences,
+            "audiences": audiences or None,
             "expirationSeconds": seconds,
             "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
         },

@@ -15,6 +15,9 @@ from typing import Any
 
 import httpx
 
+from brupop.agent.agent import Agent, AgentOptions
+from brupop.agent.apiclient import ApiserverClient
+from brupop.agent.host import HostClient
 from brupop.apiserver.server import serve
 from brupop.apiserver.settings import ApiserverSettings
 from brupop.deploy import AGENT_SA, APISERVER_SA, manifest
@@ -175,3 +178,38 @@ async def brupop_apiserver(
     finally:
         stop.set()
         await task
+
+
+@contextlib.asynccontextmanager
+async def node_agent(
+    cluster: ClusterState,
+    kube: KubeClient,
+    server: RunningApiserver,
+    *,
+    node: str,
+    socket: Path,
+    options: AgentOptions | None = None,
+) -> AsyncIterator[Agent]:
+    """An agent for `node`, running in this process with the identity of the DaemonSet's pod there: a
+    pod-bound token for the Kubernetes API and one for the brupop apiserver (audience brupop-apiserver)."""
+    pod = await agent_pod(kube, node)
+    kube_token = await pod_bound_token(kube, pod, audiences=[])
+    token_file = Path(cluster.directory) / f"agent-token-{node}"
+    token_file.write_text(await agent_token(kube, pod))
+    async with KubeClient(config_as(cluster, kube_token)) as agent_kube:
+        api = ApiserverClient(
+            base_url=server.url, node_name=node, token_file=token_file, ca_file=server.ca_file
+        )
+        host = HostClient(socket)
+        agent = Agent(
+            node_name=node, namespace=NAMESPACE, kube=agent_kube, host=host, api=api, options=options
+        )
+        task = asyncio.create_task(agent.run())
+        try:
+            yield agent
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await host.close()
+            await api.close()

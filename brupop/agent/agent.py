@@ -1,0 +1,332 @@
+"""One node's agent, as an object (one process can run a whole simulated fleet of them).
+
+Each pass is level-based: it looks at the shadow, the Node and the host as they are now and does what the
+wanted state needs, so an agent restarted at any line carries on from where things stand:
+
+- StagedAndPerformedUpdate: refresh if the host's choice is unknown, prepare (unless already staged), then
+  activate; workloads keep running.
+- RebootedIntoUpdate: if the host already runs the wanted version (after the reboot), remove the load
+  balancer exclusion and uncordon, and only then report. Otherwise exclude from load balancers and wait
+  (if configured), cordon and drain through the apiserver, reboot, and wait for the host to come back.
+  A host that comes back on another version has rolled back: an error, reported as such.
+- MonitoringUpdate: check the version again and uncordon defensively.
+- Idle after ErrorReset (or an abandoned update): undo the exclusion and the cordon, and deactivate an
+  update the host activated but nobody wants any more.
+
+A failed step is reported as ErrorReset with crash_count + 1 and the failure time; trouble reaching the
+host or the apiserver is retried with back-off instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from brupop.agent.apiclient import ApiserverClient, ApiserverError
+from brupop.agent.host import HostClient, HostError, HostUnavailableError
+from brupop.kube.client import NODES, SHADOWS, KubeClient
+from brupop.kube.informer import Informer
+from brupop.models.constants import shadow_name
+from brupop.models.host import CommandStatus, CommandType, UpdateState, UpdateStatus
+from brupop.models.shadow import BottlerocketShadow, ShadowSpec, ShadowState, ShadowStatus
+from brupop.models.timestamp import Timestamp
+from brupop.policy.drain import CORDON_ANNOTATION, CORDONED_BY_BRUPOP
+
+log = structlog.get_logger("brupop.agent")
+S = ShadowState
+Obj = dict[str, Any]
+
+
+class StepError(Exception):
+    """An update step failed; reported as ErrorReset."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    exclude_from_lb_wait: float = 0.0
+    update_check_interval: float = 120.0
+    reboot_went_down: float = 60.0
+    """How long a reboot may take to take the host API down before we assume it already came back."""
+    reboot_timeout: float = 1800.0
+
+
+def trim_node(node: Obj) -> Obj:
+    meta = node.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k == CORDON_ANNOTATION}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "annotations": annotations,
+        },
+        "spec": {"unschedulable": bool((node.get("spec") or {}).get("unschedulable"))},
+    }
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        namespace: str,
+        kube: KubeClient,
+        host: HostClient,
+        api: ApiserverClient,
+        options: AgentOptions | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.node_name = node_name
+        self.host = host
+        self.api = api
+        self.options = options or AgentOptions()
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._next_refresh = 0.0
+        self._target: str | None = None
+        self._reported: tuple[ShadowSpec, ShadowStatus] | None = None
+        self.log = log.bind(node=node_name)
+        self.shadow_informer = Informer(
+            kube.list_watch(
+                SHADOWS, namespace=namespace, field_selector=f"metadata.name={shadow_name(node_name)}"
+            ),
+            name=f"shadow/{node_name}",
+            on_change=self.poke,
+        )
+        self.node_informer = Informer(
+            kube.list_watch(NODES, field_selector=f"metadata.name={node_name}"),
+            name=f"node/{node_name}",
+            transform=trim_node,
+            on_change=self.poke,
+        )
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled: act on every change of the shadow or the Node, and refresh the host's update
+        check every `update_check_interval` seconds."""
+        tasks = [
+            asyncio.create_task(self.shadow_informer.run()),
+            asyncio.create_task(self.node_informer.run()),
+        ]
+        try:
+            await self.shadow_informer.ready.wait()
+            await self.node_informer.ready.wait()
+            failures = 0
+            while True:
+                self._wake.clear()
+                try:
+                    await self.reconcile_once()
+                    failures = 0
+                    delay = max(self._next_refresh - time.monotonic(), 0.5)
+                except (HostError, ApiserverError) as err:
+                    failures += 1
+                    delay = random.uniform(0, min(30.0, 0.2 * 2 ** min(failures, 10)))
+                    self.log.warning("will retry", error=str(err), retry_in=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _shadow(self) -> BottlerocketShadow | None:
+        objects = self.shadow_informer.items()
+        if not objects:
+            return None
+        try:
+            shadow = BottlerocketShadow.model_validate(objects[0])
+        except ValidationError as err:
+            raise ApiserverError(f"my BottlerocketShadow is invalid: {err.errors()[0]['msg']}") from None
+        if (
+            self._reported is not None
+            and shadow.spec == self._reported[0]
+            and shadow.status != self._reported[1]
+        ):
+            shadow = shadow.model_copy(
+                update={"status": self._reported[1]}
+            )  # the watch has not caught up yet
+        return shadow
+
+    async def _report(self, spec: ShadowSpec, status: ShadowStatus) -> None:
+        await self.api.update_status(status)
+        self._reported = (spec, status)
+
+    async def reconcile_once(self) -> None:
+        nodes = self.node_informer.items()
+        if not nodes:
+            raise ApiserverError(f"node {self.node_name} is not visible yet")
+        self.api.node_uid = str(nodes[0]["metadata"]["uid"])
+        shadow = self._shadow()
+        if shadow is None:
+            self.log.info("creating my BottlerocketShadow")
+            await self.api.create_shadow()
+            return
+        running = await self.host.os_version()
+        status, spec = shadow.status, shadow.spec
+        if status is None:
+            target = await self._refresh_target(running, force=True)
+            await self._report(
+                spec,
+                ShadowStatus(
+                    current_version=running, target_version=target, current_state=S.IDLE, crash_count=0
+                ),
+            )
+            return
+        if spec.state is status.current_state:
+            await self._settled(spec, status, running)
+            return
+        if status.current_state is S.ERROR_RESET and spec.state is not S.IDLE:
+            return  # already reported: the controller sends it back to Idle (a retry would inflate crashes)
+        self.log.info(
+            "step", wanted=spec.state.value, current=status.current_state.value, version=spec.version
+        )
+        try:
+            await self._step(spec, status, running)
+        except StepError as err:
+            self.log.error("update step failed", wanted=spec.state.value, error=str(err))
+            failed = status.model_copy(
+                update={
+                    "current_state": S.ERROR_RESET,
+                    "current_version": await self.host.os_version(),
+                    "crash_count": status.crash_count + 1,
+                    "state_transition_failure_timestamp": Timestamp.from_datetime(self._clock()),
+                }
+            )
+            await self._report(spec, ShadowStatus.model_validate(failed.model_dump()))
+            return
+        reached: dict[str, Any] = {
+            "current_state": spec.state,
+            "current_version": await self.host.os_version(),
+        }
+        if spec.state is S.IDLE and status.current_state is S.MONITORING_UPDATE:
+            reached.update(crash_count=0, state_transition_failure_timestamp=None)  # a full cycle succeeded
+        await self._report(spec, ShadowStatus.model_validate({**status.model_dump(), **reached}))
+
+    async def _settled(self, spec: ShadowSpec, status: ShadowStatus, running: str) -> None:
+        """Nothing to do for the controller's goal: keep the host tidy and the report current."""
+        if spec.state is S.IDLE:
+            host = await self.host.status()
+            if host is not None and host.update_state is UpdateState.READY:
+                self.log.info("deactivating an update nobody wants", staged=host.staged_version)
+                await self._command(CommandType.DEACTIVATE)
+            node = self.node_informer.items()[0]
+            if (node["metadata"].get("annotations") or {}).get(CORDON_ANNOTATION) == CORDONED_BY_BRUPOP:
+                await self.api.uncordon()  # never leave a node cordoned by brupop once it is idle
+        target = await self._refresh_target(running) if spec.state is S.IDLE else status.target_version
+        fresh = status.model_copy(update={"current_version": running, "target_version": target})
+        if fresh != status:
+            await self._report(spec, ShadowStatus.model_validate(fresh.model_dump()))
+
+    async def _refresh_target(self, running: str, *, force: bool = False) -> str:
+        """The version the host would update to (its chosen update), refreshed at most every interval."""
+        if force or time.monotonic() >= self._next_refresh or self._target is None:
+            self._next_refresh = time.monotonic() + self.options.update_check_interval
+            try:
+                await self._command(CommandType.REFRESH)
+                host = await self.host.status()
+                self._target = host.chosen_version if host is not None else None
+            except (HostError, StepError) as err:
+                self.log.warning("update check failed", error=str(err))
+        return self._target or running
+
+    async def _command(self, command: CommandType) -> UpdateStatus:
+        try:
+            done = await self.host.run(command)
+        except HostUnavailableError:
+            raise
+        except HostError as err:
+            raise StepError(f"{command.value}: {err}") from None
+        if done.cmd_status is not CommandStatus.SUCCESS:
+            raise StepError(
+                f"{command.value} failed on the host (exit status {done.exit_status}): {done.stderr or ''}"
+            )
+        status = await self.host.status()
+        if status is None:
+            raise StepError(f"{command.value}: the host lost its update status")
+        return status
+
+    async def _step(self, spec: ShadowSpec, status: ShadowStatus, running: str) -> None:
+        if spec.state is S.STAGED_AND_PERFORMED_UPDATE:
+            await self._stage(_wanted(spec))
+        elif spec.state is S.REBOOTED_INTO_UPDATE:
+            await self._reboot_into(_wanted(spec), running)
+        elif spec.state is S.MONITORING_UPDATE:
+            if running != spec.version:
+                raise StepError(f"the host runs {running}, not {spec.version}")
+            await self._release_node()
+        elif spec.state is S.IDLE:
+            await self._release_node()
+            host = await self.host.status()
+            if host is not None and host.update_state is UpdateState.READY:
+                await self._command(CommandType.DEACTIVATE)
+        else:
+            raise StepError(f"the controller asked for {spec.state.value}, which is only ever a status")
+
+    async def _stage(self, version: str) -> None:
+        host = await self.host.status()
+        if host is not None and host.update_state is UpdateState.READY and host.staged_version == version:
+            return
+        if host is None or host.chosen_version != version or host.update_state is UpdateState.IDLE:
+            host = await self._command(CommandType.REFRESH)
+        if host.update_state is UpdateState.READY:  # another version activated: take it back first
+            host = await self._command(CommandType.DEACTIVATE)
+        if not (host.update_state is UpdateState.STAGED and host.staged_version == version):
+            if host.chosen_version != version:
+                raise StepError(f"the host offers {host.chosen_version or 'no update'}, not {version}")
+            host = await self._command(CommandType.PREPARE)
+        await self._command(CommandType.ACTIVATE)
+
+    async def _reboot_into(self, version: str, running: str) -> None:
+        if running == version:
+            await self._release_node()
+            return
+        host = await self.host.status()
+        if host is not None and host.update_state is UpdateState.STAGED and host.staged_version == version:
+            host = await self._command(CommandType.ACTIVATE)
+        if host is None or host.update_state is not UpdateState.READY or host.staged_version != version:
+            found = (
+                "no update status"
+                if host is None
+                else f"{host.update_state.value} with {host.staged_version}"
+            )
+            raise StepError(
+                f"the host runs {running} and has {found}, not {version} ready to boot: "
+                "the update was rolled back or lost"
+            )
+        if self.options.exclude_from_lb_wait > 0:
+            await self.api.exclude_from_lb()
+            await asyncio.sleep(self.options.exclude_from_lb_wait)
+        try:
+            await self.api.cordon_and_drain()
+        except ApiserverError as err:
+            raise StepError(f"cordon and drain failed: {err}") from None
+        self.log.info("rebooting into the update", version=version)
+        await self.host.reboot()
+        booted = await self.host.wait_until_back(
+            went_down=self.options.reboot_went_down, within=self.options.reboot_timeout
+        )
+        if booted != version:
+            raise StepError(f"the host came back on {booted} after rebooting into {version}: rolled back")
+        await self._release_node()
+
+    async def _release_node(self) -> None:
+        if self.options.exclude_from_lb_wait > 0:
+            await self.api.remove_exclusion_from_lb()
+        await self.api.uncordon()
+
+
+def _wanted(spec: ShadowSpec) -> str:
+    if spec.version is None:
+        raise StepError(f"the controller asked for {spec.state.value} without a version")
+    return spec.version
