@@ -51,17 +51,18 @@ def _controller() -> Coroutine[Any, Any, None]:
     return run(ControllerSettings.from_env(os.environ, now=datetime.now(UTC)), KubeConfig.load())
 
 
-def _not_yet(name: str) -> Callable[[], Coroutine[Any, Any, None]]:
-    def fail() -> Coroutine[Any, Any, None]:
-        raise SettingsError(f"brupop {name}: not implemented yet")
+def _agent() -> Coroutine[Any, Any, None]:
+    from brupop.agent.main import run
+    from brupop.agent.settings import AgentSettings
+    from brupop.kube.config import KubeConfig
 
-    return fail
+    return run(AgentSettings.from_env(os.environ), KubeConfig.load())
 
 
 PROGRAMS: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
     "apiserver": _apiserver,
     "controller": _controller,
-    "agent": _not_yet("agent"),
+    "agent": _agent,
 }
 
 

@@ -30,7 +30,7 @@ def parse_max_concurrent(text: str) -> int | None:
         return None
     if value.isascii() and value.isdigit():
         return int(value)
-    raise ConcurrencyError(f"expected a non-negative integer or 'unlimited', got {text!r}")
+    raise ConcurrencyError("expected a non-negative integer or 'unlimited'")
 
 
 @dataclass(frozen=True, slots=True)
