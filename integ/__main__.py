@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
+from brupop.logs import configure
 from integ import build as building
 from integ import cluster as clustering
+from integ.e2e import InvariantBrokenError, Options, main_happy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,10 +19,25 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("build", help="build (or reuse) the control-plane binaries")
     cluster = sub.add_parser("cluster", help="start, stop or locate the local cluster")
     cluster.add_argument("action", choices=["up", "down", "env"])
+    for name, text in (
+        ("run", "run a scenario end to end"),
+        ("demo", "a live rollout across simulated nodes"),
+    ):
+        command = sub.add_parser(name, help=text)
+        if name == "run":
+            command.add_argument("scenario", choices=["happy"])
+        command.add_argument("--nodes", type=int, default=6)
+        command.add_argument("--concurrency", type=int, default=2)
+        command.add_argument(
+            "--time-scale", type=float, default=0.1, help="host seconds x this = real seconds"
+        )
+        command.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             building.build()
+        elif args.command in ("run", "demo"):
+            return _rollout(args)
         elif args.action == "up":
             started = time.monotonic()
             state = clustering.LocalCluster(bins=building.build()).up()
@@ -36,9 +54,45 @@ def main(argv: list[str] | None = None) -> int:
                 print("no local cluster is running (python -m integ cluster up)", file=sys.stderr)
                 return 1
             print(f"export KUBECONFIG={state.kubeconfig}")
-    except (building.BuildError, clustering.ClusterError) as err:
+    except (building.BuildError, clustering.ClusterError, InvariantBrokenError) as err:
         print(f"integ: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    bins = building.build()
+    print("starting the local control plane ...", file=sys.stderr, flush=True)
+    state = clustering.LocalCluster(bins=bins).up()
+    print(
+        f"cluster ready in {time.monotonic() - started:.0f}s; rolling out 1.20.3 -> 1.21.0 "
+        f"on {args.nodes} nodes, "
+        f"{args.concurrency} at a time",
+        file=sys.stderr,
+        flush=True,
+    )
+    log_file = (Path(state.directory) / "brupop.log").open("w")
+    configure({"LOGGING_FORMATTER": "json"}, stream=log_file)
+    print(f"brupop's own logs: {log_file.name}", file=sys.stderr, flush=True)
+    try:
+        options = Options(
+            nodes=args.nodes,
+            concurrency=args.concurrency,
+            time_scale=args.time_scale,
+            live=sys.stdout if args.command == "demo" else None,
+        )
+        report = main_happy(state, Path(state.directory), options)
+        print(report)
+        print(f"done in {time.monotonic() - started:.0f}s (including the cluster start)", file=sys.stderr)
+    finally:
+        if args.keep:
+            print(
+                f"the cluster keeps running: export KUBECONFIG={state.kubeconfig}  "
+                "(kubectl get brs -n brupop-bottlerocket-aws; stop it with: python -m integ cluster down)"
+            )
+        else:
+            clustering.down()
     return 0
 
 

@@ -66,14 +66,24 @@ class ClusterState:
             return None
 
 
-def _kill_group(pid: int, *, grace: float = 5.0) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            os.killpg(pid, 0)
-            time.sleep(0.05)
-        os.killpg(pid, signal.SIGKILL)
+def _signal(pid: int, sig: int) -> bool:
+    """Send `sig` to the process group; False when it is gone."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _kill_groups(pids: list[int], *, grace: float = 5.0) -> None:
+    """SIGTERM every group, wait for all at once, SIGKILL what is left."""
+    alive = [pid for pid in pids if _signal(pid, signal.SIGTERM)]
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in alive if _signal(pid, 0)]
+    for pid in alive:
+        _signal(pid, signal.SIGKILL)
 
 
 def down(*, keep_files: bool = False) -> None:
@@ -81,8 +91,7 @@ def down(*, keep_files: bool = False) -> None:
     state = ClusterState.load()
     if state is None:
         return
-    for pid in state.pids.values():
-        _kill_group(pid)
+    _kill_groups(list(state.pids.values()))
     if not keep_files:
         shutil.rmtree(state.directory, ignore_errors=True)
         shutil.rmtree(Path("/dev/shm") / Path(state.directory).name, ignore_errors=True)

@@ -114,7 +114,7 @@ def ideal_seconds(options: Options) -> float:
 
 
 async def workloads(kube: KubeClient) -> None:
-    """Like the Rust brupop's integ: nginx Deployment x5, StatefulSet x3, PDB minAvailable 2; plus a DaemonSet."""
+    """As the Rust brupop's integ: nginx Deployment x5, StatefulSet x3, PDBs minAvailable 2; a DaemonSet."""
     await ensure_namespace(kube, WORKLOADS)
     pod = {"containers": [{"name": "nginx", "image": "nginx"}]}
     labels = {"app": "nginx"}
@@ -248,7 +248,8 @@ def draw(shadows: dict[str, BottlerocketShadow], out: TextIO, *, elapsed: float)
         s = shadows[node]
         st = s.status
         rows.append(
-            f"{'brs-' + node:<16}{st.current_state.value if st else '':<26}{st.current_version if st else '':<10}"
+            f"{'brs-' + node:<16}{st.current_state.value if st else '':<26}"
+            f"{st.current_version if st else '':<10}"
             f"{s.spec.state.value:<26}{s.spec.version or '':<16}{st.crash_count if st else ''}"
         )
     clear = "\x1b[H\x1b[2J" if out.isatty() else ""

@@ -48,16 +48,26 @@ async def apply(kube: KubeClient, objects: Iterable[Mapping[str, Any]]) -> None:
         namespace = meta.get("namespace")
         try:
             await kube.create(resource, dict(obj), namespace=namespace)
+            continue
         except ApiError as err:
             if not err.conflict:
                 raise
+        for attempt in range(5):  # a controller may update the object between our read and our write
             current = await kube.get(resource, meta["name"], namespace=namespace)
             body = {**obj, "metadata": {**meta, "resourceVersion": current["metadata"]["resourceVersion"]}}
-            await kube.replace(resource, meta["name"], body, namespace=namespace)
+            try:
+                await kube.replace(resource, meta["name"], body, namespace=namespace)
+                break
+            except ApiError as err:
+                if not err.conflict or attempt == 4:
+                    raise
+
+
+RBAC_KINDS = frozenset({"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"})
 
 
 async def install_rbac(kube: KubeClient) -> None:
-    await apply(kube, [o for o in manifest() if o["kind"] in KINDS])
+    await apply(kube, [o for o in manifest() if o["kind"] in RBAC_KINDS])
 
 
 async def service_account_token(kube: KubeClient, name: str, *, audiences: list[str] | None = None) -> str:
