@@ -13,11 +13,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Protocol
 
-from fastapi import Body, Depends, FastAPI, Request, Response
+from fastapi import Body, Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from brupop.apiserver.auth import AuthError, NodeIdentity
+from brupop.apiserver.auth import NODE_NAME_HEADER, NODE_UID_HEADER, TOKEN_HEADER, AuthError, NodeIdentity
 from brupop.models.conversion import handle_conversion_review
 from brupop.models.shadow import ShadowStatus
 
@@ -82,7 +82,13 @@ class RequestMetrics:
         return response
 
 
-async def _caller(request: Request) -> NodeIdentity:
+async def _caller(
+    request: Request,
+    # Declared for the OpenAPI schema only; the gate reads and checks them (401 when missing, not 422).
+    node_name: Annotated[str | None, Header(alias=NODE_NAME_HEADER)] = None,
+    node_uid: Annotated[str | None, Header(alias=NODE_UID_HEADER)] = None,
+    token: Annotated[str | None, Header(alias=TOKEN_HEADER)] = None,
+) -> NodeIdentity:
     gate: Gatekeeper = request.app.state.gate
     return await gate.identify(request.headers)
 
