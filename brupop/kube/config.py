@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -79,6 +77,8 @@ class KubeConfig:
 
     @classmethod
     def from_kubeconfig(cls, path: Path, *, context: str | None = None) -> KubeConfig:
+        import yaml  # only kubeconfig files need it; in-cluster programs skip the import
+
         try:
             document = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as err:

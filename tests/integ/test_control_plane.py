@@ -33,6 +33,7 @@ def deployment(replicas: int) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {
+                    "nodeSelector": {"test-group": "control-plane"},  # other tests' nodes share the cluster
                     "containers": [{"name": "web", "image": "nginx"}],
                     "tolerations": [
                         {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
@@ -65,7 +66,10 @@ async def all_running(kube: KubeClient, count: int) -> list[dict[str, Any]] | No
 
 @pytest.mark.integration
 async def test_eviction_respects_the_pdb_and_replicas_move(kube: KubeClient) -> None:
-    nodes = [n["metadata"]["name"] for n in await create_nodes(kube, [f"cp-node-{i}" for i in range(5)])]
+    created = await create_nodes(
+        kube, [f"cp-node-{i}" for i in range(5)], labels={"test-group": "control-plane"}
+    )
+    nodes = [n["metadata"]["name"] for n in created]
     await ensure_namespace(kube, NS)
     await kube.create(DEPLOYMENTS, deployment(10), namespace=NS)
     pdb = {
