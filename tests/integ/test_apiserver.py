@@ -108,6 +108,7 @@ def web(replicas: int, name: str) -> dict[str, Any]:
                 "spec": {
                     "containers": [{"name": "c", "image": "nginx"}],
                     "tolerations": [{"operator": "Exists"}],
+                    "nodeSelector": {"test-group": "drain"},  # other tests' nodes share the cluster
                 },
             },
         },
@@ -130,7 +131,9 @@ async def test_drains_respect_pdbs_are_bounded_and_keep_an_admins_cordon(
     await prepare(kube)
     await install_rbac(kube)
     await install_agents(kube)
-    nodes = await create_nodes(kube, [f"dr-{i}" for i in range(3)], labels=BRUPOP_LABELS)
+    nodes = await create_nodes(
+        kube, [f"dr-{i}" for i in range(3)], labels={**BRUPOP_LABELS, "test-group": "drain"}
+    )
     # Pin the workloads to dr-0 first, so there is something to drain there.
     for node in nodes[1:]:
         await kube.merge_patch(NODES, node["metadata"]["name"], {"spec": {"unschedulable": True}})
