@@ -90,13 +90,46 @@ async def drain(
     concurrency: int = 5,
     backoff: Backoff | None = None,
 ) -> int:
-    """Evict every pod on `node` that must go and wait until they are gone; returns how many there were."""
+    """Evict every pod on `node` that must go and wait until they are gone; returns how many there were.
+
+    Rounds repeat until a fresh listing shows nothing left to evict: a replacement pod that the scheduler
+    bound to the node just before it saw the cordon is drained too.
+    """
     retry = backoff or Backoff(base=1.0, cap=10.0)
-    pods, version = await api.list_pods(node)
-    targets = [p for p in pods if not must_leave(p)]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + time_limit
+    total = 0
+    while True:
+        pods, version = await api.list_pods(node)
+        targets = [p for p in pods if not must_leave(p)]
+        if not targets:
+            log.info("drained", node=node, pods=total)
+            return total
+        total += len(targets)
+        await _drain_round(
+            api,
+            node,
+            targets,
+            version,
+            time_left=max(deadline - loop.time(), 0.0),
+            time_limit=time_limit,
+            concurrency=concurrency,
+            retry=retry,
+        )
+
+
+async def _drain_round(
+    api: PodApi,
+    node: str,
+    targets: list[Obj],
+    version: str,
+    *,
+    time_left: float,
+    time_limit: float,
+    concurrency: int,
+    retry: Backoff,
+) -> None:
     progress = _Progress(remaining={pod_key(p): str(p["metadata"].get("uid", "")) for p in targets})
-    if not progress.remaining:
-        return 0
     log.info("draining", node=node, pods=len(progress.remaining))
     slots = asyncio.Semaphore(concurrency)
 
@@ -152,7 +185,7 @@ async def drain(
     tasks = [asyncio.create_task(watch())]
     tasks += [asyncio.create_task(evict(p)) for p in targets if not is_terminating(p)]
     try:
-        await asyncio.wait_for(progress.done.wait(), timeout=time_limit)
+        await asyncio.wait_for(progress.done.wait(), timeout=time_left)
     except TimeoutError:
         pdbs = sorted({name for names in progress.pdbs.values() for name in names})
         raise DrainTimeoutError(node, sorted(progress.remaining), pdbs, time_limit) from None
@@ -160,5 +193,3 @@ async def drain(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    log.info("drained", node=node, pods=len(targets))
-    return len(targets)

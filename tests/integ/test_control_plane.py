@@ -94,10 +94,15 @@ async def test_eviction_respects_the_pdb_and_replicas_move(kube: KubeClient) -> 
     pods = await eventually(lambda: all_running(kube, 10), within=60)
     assert victim not in {p["spec"]["nodeName"] for p in pods}
 
-    # With two disruptions allowed, two back-to-back evictions pass and the third is refused with 429.
+    # With two disruptions allowed, two evictions pass and the third is refused with 429 (every node is
+    # cordoned first, so replacements stay Pending and cannot give the budget back in between).
     await eventually(lambda: _equals(disruptions_allowed(kube), 2), what="the PDB to settle at 2")
+    for node in nodes:
+        await kube.merge_patch(NODES, node, {"spec": {"unschedulable": True}})
     outcomes = [await evict(kube, pod) for pod in pods[:3]]
     assert outcomes == [201, 201, 429]
+    for node in nodes:
+        await kube.merge_patch(NODES, node, {"spec": {"unschedulable": False}})
 
 
 async def _positive(value: Any) -> bool:

@@ -91,6 +91,7 @@ async def test_a_replaced_statefulset_pod_counts_as_gone() -> None:
     class Recreating(Pods):
         async def evict(self, namespace: str, name: str, uid: str) -> None:
             self.evictions.append(name)
+            self.pods.pop(name)  # the replacement comes back under the same name, on another node
             self.events.put_nowait(("ADDED", pod(name, uid="new-uid", owner="StatefulSet")))
 
     api = Recreating([pod("web-0", owner="StatefulSet")])
@@ -100,6 +101,7 @@ async def test_a_replaced_statefulset_pod_counts_as_gone() -> None:
 async def test_a_pod_already_gone_needs_no_wait() -> None:
     class Vanished(Pods):
         async def evict(self, namespace: str, name: str, uid: str) -> None:
+            self.pods.pop(name, None)
             raise PodGoneError(name)
 
     assert await drain(Vanished([pod("a")]), "n", time_limit=5, backoff=FAST) == 1
@@ -113,7 +115,7 @@ async def test_the_watch_catching_up_after_it_ends() -> None:
 
     api = Quiet([pod("a")])
     assert await drain(api, "n", time_limit=5, backoff=FAST) == 1
-    assert api.lists == 2
+    assert api.lists == 3  # the first round, the catch-up after the stream ended, the final check
 
 
 async def test_transient_errors_are_retried() -> None:
@@ -127,6 +129,18 @@ async def test_transient_errors_are_retried() -> None:
             await super().evict(namespace, name, uid)
 
     assert await drain(Flaky([pod("a")]), "n", time_limit=5, backoff=FAST) == 1
+
+
+async def test_pods_bound_after_the_first_listing_are_drained_too() -> None:
+    class LateArrival(Pods):
+        async def evict(self, namespace: str, name: str, uid: str) -> None:
+            await super().evict(namespace, name, uid)
+            if name == "a":  # the scheduler had not seen the cordon yet
+                self.pods["late"] = pod("late")
+
+    api = LateArrival([pod("a")])
+    assert await drain(api, "n", time_limit=5, backoff=FAST) == 2
+    assert api.pods == {}
 
 
 async def test_an_empty_node_drains_at_once() -> None:
