@@ -107,7 +107,7 @@ def web(replicas: int, name: str) -> dict[str, Any]:
                 "metadata": {"labels": {"app": name}},
                 "spec": {
                     "containers": [{"name": "c", "image": "nginx"}],
-                    "tolerations": [{"operator": "Exists"}],
+                    # No blanket toleration: it would tolerate the cordon's unschedulable taint too.
                     "nodeSelector": {"test-group": "drain"},  # other tests' nodes share the cluster
                 },
             },
