@@ -21,6 +21,8 @@ import structlog
 
 from brupop.apiserver.app import OperationError
 from brupop.apiserver.auth import (
+    NODE_NAME_EXTRA,
+    NODE_UID_EXTRA,
     AgentPod,
     NodeIdentity,
     ReviewedToken,
@@ -106,13 +108,7 @@ class ClusterGate:
         review = await self._review(token)
         pod_name = pod_name_of(review)
         cached = self._agents.get(f"{self._namespace}/{pod_name}")
-        try:
-            node = await self._kube.get(NODES, node_name)
-            actual_uid: str | None = str(node["metadata"]["uid"])
-        except ApiError as err:
-            if not err.not_found:
-                raise OperationError(503, f"cannot read node {node_name}: {err}") from None
-            actual_uid = None
+        actual_uid = await self._node_uid(review, node_name)
         return authorize(
             review,
             pod=agent_pod(cached) if cached else None,
@@ -120,6 +116,19 @@ class ClusterGate:
             node_uid=node_uid,
             actual_node_uid=actual_uid,
         )
+
+    async def _node_uid(self, review: ReviewedToken, node_name: str) -> str | None:
+        """The named Node's UID: from the token's signed extras when it is bound to that node (Kubernetes
+        1.30+, no API call), else from the API server."""
+        if review.single(NODE_NAME_EXTRA) == node_name and review.single(NODE_UID_EXTRA):
+            return review.single(NODE_UID_EXTRA)
+        try:
+            node = await self._kube.get(NODES, node_name)
+        except ApiError as err:
+            if not err.not_found:
+                raise OperationError(503, f"cannot read node {node_name}: {err}") from None
+            return None
+        return str(node["metadata"]["uid"])
 
 
 class _PodApi:

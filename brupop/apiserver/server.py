@@ -56,7 +56,12 @@ async def serve(
     cert, key = settings.tls_dir / "tls.crt", settings.tls_dir / "tls.key"
     async with KubeClient(kube_config) as kube:
         agents = Informer(
-            kube.list_watch(PODS, namespace=namespace, label_selector=f"{COMPONENT_LABEL}={AGENT_COMPONENT}"),
+            kube.list_watch(
+                PODS,
+                namespace=namespace,
+                label_selector=f"{COMPONENT_LABEL}={AGENT_COMPONENT}",
+                transform=trim_pod,
+            ),
             name="agent-pods",
             transform=trim_pod,
         )

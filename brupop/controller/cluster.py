@@ -46,7 +46,10 @@ class ClusterFleet:
             kube.list_watch(SHADOWS, namespace=namespace), name="shadows", on_change=on_change
         )
         self.node_informer = Informer(
-            kube.list_watch(NODES), name="nodes", transform=trim_node, on_change=on_change
+            kube.list_watch(NODES, transform=trim_node),
+            name="nodes",
+            transform=trim_node,
+            on_change=on_change,
         )
         self._parsed: dict[str, tuple[str, BottlerocketShadow | None]] = {}
 

@@ -8,7 +8,7 @@ JSON merge patch (main resource or a subresource such as `status`), replace, del
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -152,15 +152,18 @@ class KubeClient:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
-        page_size: int = 500,
+        page_size: int = 100,
+        transform: Callable[[Obj], Obj] | None = None,
     ) -> tuple[list[Obj], str]:
-        """Every matching object (following `continue` tokens) and the list's resourceVersion."""
+        """Every matching object (following `continue` tokens) and the list's resourceVersion; `transform`
+        trims each page as it arrives, so a large list never sits in memory whole."""
         items: list[Obj] = []
         params = _selectors(label_selector, field_selector)
         params["limit"] = str(page_size)
         while True:
             page = await self.request("GET", resource.path(namespace=namespace), params=params)
-            items.extend(page.get("items") or [])
+            page_items = page.get("items") or []
+            items.extend(map(transform, page_items) if transform else page_items)
             meta = page.get("metadata") or {}
             if not meta.get("continue"):
                 return items, str(meta.get("resourceVersion", ""))
@@ -237,8 +240,10 @@ class KubeClient:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        transform: Callable[[Obj], Obj] | None = None,
     ) -> ListWatch:
-        return _ResourceListWatch(self, resource, namespace, label_selector, field_selector)
+        """For an informer; `transform` (the informer's own, idempotent) trims list pages as they arrive."""
+        return _ResourceListWatch(self, resource, namespace, label_selector, field_selector, transform)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +253,7 @@ class _ResourceListWatch:
     namespace: str | None
     label_selector: str | None
     field_selector: str | None
+    transform: Callable[[Obj], Obj] | None
 
     async def list(self) -> tuple[list[Obj], str]:
         return await self.client.list(
@@ -255,6 +261,7 @@ class _ResourceListWatch:
             namespace=self.namespace,
             label_selector=self.label_selector,
             field_selector=self.field_selector,
+            transform=self.transform,
         )
 
     def watch(self, resource_version: str) -> AsyncIterator[tuple[str, Obj]]:
