@@ -35,6 +35,14 @@ def trim_node(node: Obj) -> Obj:
     }
 
 
+def trim_shadow(shadow: Obj) -> Obj:
+    """Shadows without their managedFields, which decisions never read and which weigh more than the rest."""
+    meta = shadow.get("metadata") or {}
+    if "managedFields" not in meta:
+        return shadow
+    return {**shadow, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 class ClusterFleet:
     def __init__(
         self, *, kube: KubeClient, namespace: str, on_change: Callable[[], None], instance: str
@@ -43,7 +51,10 @@ class ClusterFleet:
         self._namespace = namespace
         self._instance = instance
         self.shadow_informer = Informer(
-            kube.list_watch(SHADOWS, namespace=namespace), name="shadows", on_change=on_change
+            kube.list_watch(SHADOWS, namespace=namespace, transform=trim_shadow),
+            name="shadows",
+            transform=trim_shadow,
+            on_change=on_change,
         )
         self.node_informer = Informer(
             kube.list_watch(NODES, transform=trim_node),
