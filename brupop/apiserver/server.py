@@ -20,6 +20,7 @@ from brupop.apiserver.settings import ApiserverSettings
 from brupop.kube.client import PODS, KubeClient
 from brupop.kube.config import KubeConfig
 from brupop.kube.informer import Informer
+from brupop.kube.memory import release_freed_memory
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL
 
 log = structlog.get_logger("brupop.apiserver")
@@ -83,6 +84,10 @@ async def serve(
         assert config.ssl is not None
         server = uvicorn.Server(config)
 
+        async def trim_after_sync() -> None:
+            await agents.ready.wait()
+            release_freed_memory()
+
         async def stop_when_asked() -> None:
             if stop is not None:
                 await stop.wait()
@@ -90,6 +95,7 @@ async def serve(
 
         tasks = [
             asyncio.create_task(stop_when_asked()),
+            asyncio.create_task(trim_after_sync()),
             asyncio.create_task(agents.run()),
             asyncio.create_task(reload_certificates(config.ssl, cert, key, every=CERT_CHECK_SECONDS)),
         ]

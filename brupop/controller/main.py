@@ -23,6 +23,7 @@ from brupop.kube.client import KubeClient
 from brupop.kube.config import KubeConfig
 from brupop.kube.informer import Informer
 from brupop.kube.leader import LeaderElector
+from brupop.kube.memory import release_freed_memory
 
 log = structlog.get_logger("brupop.controller")
 LEASE_NAME = "brupop-controller-leader"
@@ -108,6 +109,7 @@ async def _lead(
         return
     for informer in informers:
         await informer.ready.wait()
+    release_freed_memory()  # the first lists are parsed and cached; give back what they used in passing
     log.info("leading: reconciling")
     work = asyncio.create_task(reconciler.run())
     ended = [work, campaign, asyncio.create_task(stop.wait())]
