@@ -69,7 +69,7 @@ def bin_dir() -> Path:
     return CACHE / "bin" / f"k8s-{k8s}_etcd-{etcd}_kwok-{kwok}_{go_version()}"
 
 
-def _go_env() -> Mapping[str, str]:
+def go_env() -> Mapping[str, str]:
     return {
         **os.environ,
         "GOTOOLCHAIN": "local",
@@ -119,7 +119,7 @@ def build(*, out: Path | None = None, log: TextIO = sys.stderr) -> Path:
             target.package,
         ]
         result = subprocess.run(
-            command, cwd=GOMOD / target.module_dir, env=_go_env(), capture_output=True, text=True
+            command, cwd=GOMOD / target.module_dir, env=go_env(), capture_output=True, text=True
         )
         if result.returncode != 0:
             where = f"integ/gomod/{target.module_dir}"

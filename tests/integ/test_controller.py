@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,6 +13,7 @@ from brupop.controller.main import LEASE_NAME, run
 from brupop.controller.metrics import FleetMetrics
 from brupop.controller.reconciler import Reconciler
 from brupop.controller.settings import ControllerSettings
+from brupop.deploy import CONTROLLER_SA
 from brupop.kube.client import EVENTS, LEASES, NODES, SHADOWS, ApiError, KubeClient
 from brupop.kube.config import KubeConfig
 from brupop.models.constants import NAMESPACE, shadow_name
@@ -21,7 +21,8 @@ from brupop.models.shadow import ShadowState, ShadowStatus
 from brupop.models.timestamp import Timestamp
 from integ.cluster import ClusterState
 from integ.fleet import create_fleet, prepare, set_status, shadows, watching
-from integ.kubetools import eventually
+from integ.kubetools import admin, eventually
+from integ.operator import config_as, install_rbac, service_account_token
 
 S = ShadowState
 
@@ -31,7 +32,7 @@ async def controller(
     cluster: ClusterState, env: dict[str, str], clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> AsyncIterator[Reconciler]:
     settings = ControllerSettings.from_env(env, now=clock())
-    async with KubeClient(KubeConfig.from_kubeconfig(Path(cluster.kubeconfig))) as kube:
+    async with KubeClient(await controller_identity(cluster)) as kube:
         reconciler: list[Reconciler] = []
         fleet = ClusterFleet(
             kube=kube,
@@ -61,6 +62,13 @@ async def controller(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def controller_identity(cluster: ClusterState) -> KubeConfig:
+    """The controller's own service account, under the manifest's RBAC."""
+    async with admin(cluster) as kube:
+        await install_rbac(kube)
+        return config_as(cluster, await service_account_token(kube, CONTROLLER_SA))
 
 
 async def all_done(kube: KubeClient, prefix: str, count: int, version: str = "1.1.0") -> bool:
@@ -182,7 +190,7 @@ async def test_removing_the_label_deletes_the_shadow(cluster: ClusterState, kube
 @pytest.mark.integration
 async def test_two_replicas_only_the_leader_writes(cluster: ClusterState, kube: KubeClient) -> None:
     await prepare(kube)
-    config = KubeConfig.from_kubeconfig(Path(cluster.kubeconfig))
+    config = await controller_identity(cluster)
     settings = ControllerSettings.from_env({"MAX_CONCURRENT_UPDATE": "1"}, now=datetime.now(UTC))
     stops = {"replica-a": asyncio.Event(), "replica-b": asyncio.Event()}
     replicas = {
