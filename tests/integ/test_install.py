@@ -123,6 +123,11 @@ def kubectl(cluster: ClusterState, *args: str) -> subprocess.CompletedProcess[st
 async def test_the_manifest_applies_and_deletes_cleanly(cluster: ClusterState, kube: KubeClient) -> None:
     assert len(await certmanager.install(kube)) == 6
     objects = [o for o in yaml.safe_load_all(MANIFEST.read_text()) if o]
+    # A fresh install: nothing of brupop's in the cluster (earlier tests created some of it through the API).
+    cleared = kubectl(
+        cluster, "delete", "-f", str(MANIFEST), "--ignore-not-found", "--wait=true", "--timeout=120s"
+    )
+    assert cleared.returncode == 0, cleared.stderr
     # Namespaced objects can only be dry-run in a namespace that exists: create it, then dry-run everything.
     await ensure_namespace(kube, NAMESPACE)
     dry = kubectl(cluster, "apply", "--dry-run=server", "-f", str(MANIFEST))
