@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import ssl
-import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from benchmarks.measure import p50_p99_ms, rss_mib
 from brupop.deploy import APISERVER_SA
 from brupop.kube.client import PODS
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE
@@ -29,13 +29,6 @@ from integ.fleet import prepare
 from integ.kubetools import BRUPOP_LABELS, admin, create_nodes, eventually
 from integ.operator import agent_pod, agent_token, install_agents, install_rbac, service_account_token
 from integ.pki import CertificateAuthority
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def main(pods: int, updates: int) -> None:
@@ -124,9 +117,8 @@ async def main(pods: int, updates: int) -> None:
                     latencies.append(time.perf_counter() - started)
                     assert answer.status_code == 200, answer.text
                 busy = rss_mib(process.pid)
-        latencies.sort()
         print(f"agent pods in the informer: {pods + 10}")
-        p50, p99 = statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99) - 1] * 1000
+        p50, p99 = p50_p99_ms(latencies)
         print(
             f"apiserver resident memory: {idle:.1f} MiB idle, {busy:.1f} MiB after {updates} updates "
             "(target <= 60 MiB)"

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
+from benchmarks.measure import p50_p99_ms, rss_mib
 from brupop.kube.client import NODES, SHADOWS, KubeClient
 from brupop.models.constants import API_VERSION_V2, KIND, NAMESPACE, shadow_name
 from integ.build import build
@@ -26,13 +25,6 @@ from integ.fleet import prepare
 from integ.kubetools import BRUPOP_LABELS, admin, eventually
 
 IDLE = {"current_version": "1.0.0", "target_version": "1.0.0", "current_state": "Idle", "crash_count": 0}
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def populate(kube: KubeClient, count: int) -> None:
@@ -123,13 +115,12 @@ async def main(nodes: int, changes: int) -> None:
                     arrived.clear()
                 latencies.append(seen[name] - sent)
             watcher.cancel()
-        latencies.sort()
         print(f"nodes and shadows: {nodes}")
         print(
             f"controller resident memory: {settled:.1f} MiB settled "
             "(targets: <= 50 MiB at 1,000, <= 100 at 5,000)"
         )
-        p50, p99 = statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99) - 1] * 1000
+        p50, p99 = p50_p99_ms(latencies)
         print(
             f"status change -> spec patch seen on a watch, {changes} changes: "
             f"p50 {p50:.0f} ms, p99 {p99:.0f} ms (target p99 <= 200 ms)"

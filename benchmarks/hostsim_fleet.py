@@ -10,19 +10,12 @@ import argparse
 import asyncio
 import random
 import resource
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.measure import p50_p99_ms, rss_mib
 from integ.hostsim.fleet import Fleet
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def request(path: Path, raw: bytes) -> float:
@@ -58,9 +51,7 @@ async def main(hosts: int, requests: int) -> None:
             await request(fleet.socket(f"h{rng.randrange(hosts)}"), get_status) for _ in range(requests)
         ]
         await fleet.stop()
-    latencies.sort()
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    p50, p99 = p50_p99_ms(latencies)
     print(f"hosts: {hosts}")
     print(
         f"resident memory: {loaded:.1f} MiB total, {loaded - before:.1f} MiB for the hosts "

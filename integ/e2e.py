@@ -174,14 +174,16 @@ async def workloads(kube: KubeClient) -> None:
             namespace=WORKLOADS,
         )
 
-    async def settled() -> bool:
-        deployment = await kube.get(DEPLOYMENTS, "nginx", namespace=WORKLOADS)
-        sts = await kube.get(STATEFULSETS, "web", namespace=WORKLOADS)
-        return (deployment.get("status") or {}).get("readyReplicas") == 5 and (sts.get("status") or {}).get(
-            "readyReplicas"
-        ) == 3
+    await eventually(lambda: workloads_ready(kube), within=120, what="the workloads to run")
 
-    await eventually(settled, within=120, what="the workloads to run")
+
+async def workloads_ready(kube: KubeClient) -> bool:
+    """Every workload at its replica count, all ready."""
+    deployment = await kube.get(DEPLOYMENTS, "nginx", namespace=WORKLOADS)
+    sts = await kube.get(STATEFULSETS, "web", namespace=WORKLOADS)
+    return (deployment.get("status") or {}).get("readyReplicas") == 5 and (sts.get("status") or {}).get(
+        "readyReplicas"
+    ) == 3
 
 
 async def _watch(
@@ -339,15 +341,10 @@ async def check_end_state(kube: KubeClient, names: list[str]) -> None:
         if node["spec"].get("unschedulable"):
             raise InvariantBrokenError(f"node {name} was left cordoned")
 
-    async def replicas_back() -> bool:
-        deployment = await kube.get(DEPLOYMENTS, "nginx", namespace=WORKLOADS)
-        sts = await kube.get(STATEFULSETS, "web", namespace=WORKLOADS)
-        return (deployment.get("status") or {}).get("readyReplicas") == 5 and (sts.get("status") or {}).get(
-            "readyReplicas"
-        ) == 3
-
     try:
-        await eventually(replicas_back, within=60, what="every workload back to its replica count")
+        await eventually(
+            lambda: workloads_ready(kube), within=60, what="every workload back to its replica count"
+        )
     except TimeoutError as err:
         raise InvariantBrokenError(str(err)) from None
 
