@@ -312,7 +312,12 @@ class Agent:
         except ApiserverError as err:
             raise StepError(f"cordon and drain failed: {err}") from None
         self.log.info("rebooting into the update", version=version)
-        await self.host.reboot()
+        try:
+            await self.host.reboot()
+        except HostUnavailableError:
+            raise
+        except HostError as err:  # the host refused (e.g. an inhibitor): a failed step, not an outage
+            raise StepError(f"reboot: {err}") from None
         booted = await self.host.wait_until_back(
             went_down=self.options.reboot_went_down, within=self.options.reboot_timeout
         )

@@ -65,7 +65,7 @@ class ApiserverClient:
             try:
                 answer = await self._http.request(method, path, json=json, headers=self._headers())
             except httpx.TransportError as err:
-                last = f"{method} {path}: {err or type(err).__name__}"
+                last = f"{method} {path}: {str(err) or type(err).__name__}"
             else:
                 if answer.status_code < 500:
                     if answer.status_code >= 400:

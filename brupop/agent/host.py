@@ -46,7 +46,8 @@ class HostUnavailableError(HostError):
 class HostClient:
     def __init__(self, socket: Path, *, command_timeout: float = 900.0, lock_patience: float = 120.0) -> None:
         self._http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(socket)),
+            # Plain HTTP over a local socket: no TLS context, so no CA bundle is loaded (time and memory).
+            transport=httpx.AsyncHTTPTransport(uds=str(socket), verify=False),
             base_url="http://localhost",
             headers={"Content-Type": "application/json"},
             timeout=30.0,
@@ -65,7 +66,7 @@ class HostClient:
             try:
                 answer = await self._http.request(method, path)
             except httpx.TransportError as err:
-                raise HostUnavailableError(f"host API unreachable: {err or type(err).__name__}") from None
+                raise _unreachable(err) from None
             if answer.status_code != 423 or time.monotonic() > deadline:
                 return answer
             await asyncio.sleep(delay)
@@ -82,21 +83,7 @@ class HostClient:
 
     async def status(self) -> UpdateStatus | None:
         """The update status; None before the first command after a boot (404)."""
-        answer = await self._request("GET", "/updates/status")
-        if answer.status_code == 404:
-            return None
-        if answer.status_code != 200:
-            raise HostError(
-                f"GET /updates/status: {answer.status_code} {answer.text}", status=answer.status_code
-            )
-        try:
-            return UpdateStatus.model_validate_json(answer.content)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise HostError(
-                f"GET /updates/status answered an unexpected body: {where}: {first['msg']}"
-            ) from None
+        return _update_status(await self._request("GET", "/updates/status"))
 
     async def run(self, command: CommandType) -> Command:
         """Send `command` and wait for it to finish; the returned Command says whether it succeeded."""
@@ -110,14 +97,13 @@ class HostClient:
         deadline = started + self.command_timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(_poll_delay(started))
-            answer = await self._http.get("/updates/status")
+            try:
+                answer = await self._http.get("/updates/status")
+            except httpx.TransportError as err:
+                raise _unreachable(err) from None
             if answer.status_code == 423:
                 continue
-            status = (
-                await self.status()
-                if answer.status_code != 200
-                else UpdateStatus.model_validate_json(answer.content)
-            )
+            status = _update_status(answer)
             done = status.most_recent_command if status is not None else None
             if done is not None and done.cmd_type is command and done != baseline:
                 return done
@@ -149,3 +135,21 @@ class HostClient:
                 seen_down = True
             await asyncio.sleep(_poll_delay(started))
         raise HostError(f"the host did not come back within {within:g}s of the reboot")
+
+
+def _unreachable(err: httpx.TransportError) -> HostUnavailableError:
+    return HostUnavailableError(f"host API unreachable: {str(err) or type(err).__name__}")
+
+
+def _update_status(answer: httpx.Response) -> UpdateStatus | None:
+    """A `GET /updates/status` answer (other than 423): None for 404, else the parsed status."""
+    if answer.status_code == 404:
+        return None
+    if answer.status_code != 200:
+        raise HostError(f"GET /updates/status: {answer.status_code} {answer.text}", status=answer.status_code)
+    try:
+        return UpdateStatus.model_validate_json(answer.content)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise HostError(f"GET /updates/status answered an unexpected body: {where}: {first['msg']}") from None
