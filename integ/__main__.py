@@ -10,7 +10,7 @@ from pathlib import Path
 from brupop.logs import configure
 from integ import build as building
 from integ import cluster as clustering
-from integ.e2e import InvariantBrokenError, Options, main_happy
+from integ.e2e import SCENARIOS, InvariantBrokenError, Options, main_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         command = sub.add_parser(name, help=text)
         if name == "run":
-            command.add_argument("scenario", choices=["happy"])
+            command.add_argument("scenario", choices=sorted(SCENARIOS))
         command.add_argument("--nodes", type=int, default=6)
         command.add_argument("--concurrency", type=int, default=2)
         command.add_argument(
@@ -82,7 +82,7 @@ def _rollout(args: argparse.Namespace) -> int:
             time_scale=args.time_scale,
             live=sys.stdout if args.command == "demo" else None,
         )
-        report = main_happy(state, Path(state.directory), options)
+        report = main_run(state, Path(state.directory), options, getattr(args, "scenario", "happy"))
         print(report)
         print(f"done in {time.monotonic() - started:.0f}s (including the cluster start)", file=sys.stderr)
     finally:

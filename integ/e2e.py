@@ -15,26 +15,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from brupop.agent.agent import Agent
 from brupop.controller.main import run as run_controller
 from brupop.controller.settings import ControllerSettings
 from brupop.deploy import CONTROLLER_SA
-from brupop.kube.client import DEPLOYMENTS, NODES, PDBS, SHADOWS, ApiError, KubeClient, Resource
-from brupop.models.constants import NAMESPACE
+from brupop.kube.client import DEPLOYMENTS, NODES, PDBS, PODS, SHADOWS, ApiError, KubeClient, Resource
+from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE
+from brupop.models.host import CommandType
 from brupop.models.shadow import BottlerocketShadow, ShadowState
 from brupop.policy.drain import CORDON_ANNOTATION, CORDONED_BY_BRUPOP
 from integ.cluster import ClusterState
 from integ.fleet import prepare
 from integ.hostsim.fleet import Fleet
-from integ.hostsim.host import Timings
+from integ.hostsim.host import SimulatedHost, Timings
 from integ.kubetools import (
     BRUPOP_LABELS,
     crd_for_local_use,
@@ -44,13 +45,17 @@ from integ.kubetools import (
     install_crd,
 )
 from integ.operator import (
-    brupop_apiserver,
+    ApiserverProcess,
+    RunningApiserver,
+    apiserver_at,
+    apiserver_process,
     config_as,
     install_agents,
     install_rbac,
     node_agent,
     service_account_token,
 )
+from integ.service import Service
 
 OLD, NEW = "1.20.3", "1.21.0"
 WORKLOADS = "workloads"
@@ -195,7 +200,10 @@ async def _watch(
     while True:
         async for kind, obj in kube.watch(resource, namespace=namespace, resource_version=version):
             version = obj.get("metadata", {}).get("resourceVersion", version)
-            yield kind, obj
+            if kind == "ERROR":
+                raise RuntimeError(f"watch of {resource.plural} failed: {obj.get('message')}")
+            if kind != "BOOKMARK":  # a bookmark only moves the resourceVersion on
+                yield kind, obj
 
 
 async def monitor_nodes(kube: KubeClient, limit: int, prefix: str) -> None:
@@ -259,87 +267,423 @@ def draw(shadows: dict[str, BottlerocketShadow], out: TextIO, *, elapsed: float)
     out.flush()
 
 
-async def fleet_done(kube: KubeClient, count: int) -> bool:
+async def fleet_done(kube: KubeClient, names: list[str], failing: set[str]) -> bool:
+    """Every node settled: updated (Idle on NEW) or, if meant to fail, back in Idle with a crash count."""
     items, _ = await kube.list(SHADOWS, namespace=NAMESPACE)
-    shadows = [BottlerocketShadow.model_validate(o) for o in items]
-    return len(shadows) == count and all(
-        s.status is not None
-        and s.status.current_state is ShadowState.IDLE
-        and s.status.current_version == NEW
-        and s.spec.state is ShadowState.IDLE
-        for s in shadows
+    shadows = {
+        o["metadata"]["name"].removeprefix("brs-"): BottlerocketShadow.model_validate(o) for o in items
+    }
+    for name in names:
+        shadow = shadows.get(name)
+        if shadow is None or shadow.status is None or shadow.spec.state is not ShadowState.IDLE:
+            return False
+        status = shadow.status
+        if status.current_state is not ShadowState.IDLE:
+            return False
+        if name in failing:
+            if status.crash_count < 1:
+                return False
+        elif status.current_version != NEW:
+            return False
+    return True
+
+
+@dataclass
+class Run:
+    """What a scenario's chaos can reach while the rollout runs."""
+
+    cluster: ClusterState
+    kube: KubeClient
+    names: list[str]
+    hosts: Fleet
+    agents: Agents
+    controllers: Controllers
+    replicas: Replicas
+    opens_at: datetime | None = None
+
+
+Chaos = Callable[[Run], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What makes a run special; every run also checks the invariants and the end state."""
+
+    description: str
+    unlabelled: int = 0
+    """Extra nodes without the brupop label: they must be left alone."""
+    faults: Mapping[int, Callable[[SimulatedHost], None]] = field(default_factory=dict)
+    """Host faults by node index."""
+    failing: frozenset[int] = frozenset()
+    """Node indexes expected to fail (end Idle, uncordoned, crash_count >= 1); the rest must update."""
+    blocking_pdb_on: int | None = None
+    """A node holding a pod whose PDB never allows its eviction."""
+    drain_seconds: float = 60.0
+    opens_after: float | None = None
+    """The schedule opens (a one-shot trigger) this many seconds after the controller starts."""
+    chaos: Chaos | None = None
+    """Something that goes wrong mid-rollout."""
+
+
+class Agents:
+    """One agent per node, each in this process with its own pod-bound tokens; `restart` is a container
+    restart (the pod stays, the program starts from nothing)."""
+
+    def __init__(
+        self, cluster: ClusterState, kube: KubeClient, server: RunningApiserver, hosts: Fleet
+    ) -> None:
+        self._cluster = cluster
+        self._kube = kube
+        self._server = server
+        self._hosts = hosts
+        self._running: dict[str, tuple[Agent, contextlib.AsyncExitStack]] = {}
+
+    def __getitem__(self, node: str) -> Agent:
+        return self._running[node][0]
+
+    async def start(self, node: str) -> None:
+        stack = contextlib.AsyncExitStack()
+        agent = await stack.enter_async_context(
+            node_agent(self._cluster, self._kube, self._server, node=node, socket=self._hosts.socket(node))
+        )
+        self._running[node] = (agent, stack)
+
+    async def restart(self, node: str) -> None:
+        _, stack = self._running.pop(node)
+        await stack.aclose()
+        await self.start(node)
+
+    async def stop(self) -> None:
+        stacks = [stack for _, stack in self._running.values()]
+        self._running.clear()
+        await asyncio.gather(*(stack.aclose() for stack in stacks))
+
+
+class Controllers:
+    """The controller as its own service account; `restart` stops it and starts a successor (the stopped
+    one releases the Lease, so the successor leads at once)."""
+
+    def __init__(self, cluster: ClusterState, kube: KubeClient, env: Mapping[str, str]) -> None:
+        self._cluster = cluster
+        self._kube = kube
+        self._env = env
+        self._stops: list[asyncio.Event] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._retired: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> list[asyncio.Task[None]]:
+        """The controller that should be running now (none while one is being replaced)."""
+        return [] if self._tasks[-1] in self._retired else self._tasks[-1:]
+
+    async def start(self) -> None:
+        settings = ControllerSettings.from_env(self._env, now=datetime.now(UTC))
+        token = await service_account_token(self._kube, CONTROLLER_SA)
+        stop = asyncio.Event()
+        self._stops.append(stop)
+        task = run_controller(
+            settings,
+            config_as(self._cluster, token),
+            namespace=NAMESPACE,
+            identity=f"controller-{len(self._stops)}",
+            stop=stop,
+            metrics_port=0,
+        )
+        self._tasks.append(asyncio.create_task(task))
+
+    async def restart(self) -> None:
+        retiring = self._tasks[-1]
+        self._retired.add(retiring)
+        self._stops[-1].set()
+        await retiring
+        await self.start()
+
+    async def stop(self) -> None:
+        for stop in self._stops:
+            stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Replicas:
+    """The apiserver Deployment: replicas in processes of their own behind one Service; a killed replica
+    is replaced, as its ReplicaSet would."""
+
+    def __init__(self, cluster: ClusterState, kube: KubeClient, stack: contextlib.AsyncExitStack) -> None:
+        self._cluster = cluster
+        self._kube = kube
+        self._stack = stack
+        self.service = Service([])
+        self.live: list[ApiserverProcess] = []
+        self._started = 0
+
+    async def start(self, *, drain_seconds: float) -> None:
+        replica = await self._stack.enter_async_context(
+            apiserver_process(
+                self._cluster,
+                self._kube,
+                name=f"brupop-apiserver-{self._started}",
+                drain_seconds=drain_seconds,
+            )
+        )
+        self._started += 1
+        self.live.append(replica)
+        self.service.backends.append(replica.port)
+
+    async def kill(self, replica: ApiserverProcess, *, drain_seconds: float) -> None:
+        replica.kill()
+        await replica.process.wait()
+        self.live.remove(replica)
+        self.service.backends.remove(replica.port)
+        await self.start(drain_seconds=drain_seconds)
+
+
+async def _any_spec(kube: KubeClient, state: ShadowState) -> bool:
+    items, _ = await kube.list(SHADOWS, namespace=NAMESPACE)
+    return any((o.get("spec") or {}).get("state") == state.value for o in items)
+
+
+async def restart_controller(run: Run) -> None:
+    await eventually(
+        lambda: _any_spec(run.kube, ShadowState.REBOOTED_INTO_UPDATE), within=300, what="a reboot"
     )
+    await run.controllers.restart()
 
 
-async def run_happy_path(cluster: ClusterState, kube: KubeClient, work: Path, options: Options) -> str:
-    """Update every node from OLD to NEW; returns the timeline report. Raises on any broken invariant."""
+async def kill_apiserver_mid_drain(run: Run) -> None:
+    """SIGKILL the replica that is draining a node; the agent's retry must reach the other replica (through
+    the Service) and finish the drain there. Tried on later drains if a drain ends before the kill lands."""
+    drain_seconds = SCENARIOS["apiserver-killed"].drain_seconds
+    for _ in range(3):
+
+        async def draining() -> tuple[ApiserverProcess, str] | None:
+            for replica in run.replicas.live:
+                for node in run.names:
+                    if replica.logged("draining", node=node) and not replica.logged("drained", node=node):
+                        return replica, node
+            return None
+
+        replica, node = await eventually(draining, within=300, what="a drain to start")
+        await run.replicas.kill(replica, drain_seconds=drain_seconds)
+        if replica.logged("drained", node=node):
+            continue  # it finished before it died: try again on a later node
+
+        async def carried_on(node: str = node) -> bool:
+            return any(r.logged("drained", node=node) for r in run.replicas.live)
+
+        await eventually(carried_on, within=120, what=f"another replica to finish draining {node}")
+        return
+    raise InvariantBrokenError("no drain lasted long enough to kill its replica in the middle")
+
+
+async def kill_agent_before_reboot(run: Run) -> None:
+    """The agent of the second node dies on the line that would send the reboot (node cordoned and drained,
+    host not rebooted); its successor must reboot the host and finish."""
+    node = run.names[1]
+    dying = asyncio.Event()
+
+    async def die() -> None:
+        dying.set()
+        await asyncio.Event().wait()  # never sent: the restart cancels this agent here
+
+    run.agents[node].host.reboot = die  # type: ignore[method-assign]
+    await dying.wait()
+    if run.hosts[node].boots:
+        raise InvariantBrokenError(f"{node} rebooted although its agent died before asking")
+    await run.agents.restart(node)
+
+
+async def kill_agent_after_reboot(run: Run) -> None:
+    """The agent of the second node dies the moment its host goes down for the reboot; its successor starts
+    while the host is away and must verify the new version, uncordon and report."""
+    host = run.hosts[run.names[1]]
+    went_down = asyncio.Event()
+    go_down = host.on_reboot
+
+    def down() -> None:
+        go_down()
+        went_down.set()
+
+    host.on_reboot = down
+    await went_down.wait()
+    await run.agents.restart(run.names[1])
+
+
+async def closed_until_open(run: Run) -> None:
+    """No node may be sent to update before the schedule opens."""
+    assert run.opens_at is not None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout((run.opens_at - datetime.now(UTC)).total_seconds()):
+            async for _, obj in _watch(run.kube, SHADOWS, NAMESPACE):
+                state = (obj.get("spec") or {}).get("state")
+                if state not in (None, ShadowState.IDLE.value) and datetime.now(UTC) < run.opens_at:
+                    raise InvariantBrokenError(
+                        f"{obj['metadata']['name']} was sent to {state} before the window"
+                    )
+
+
+def _rollback(host: SimulatedHost) -> None:
+    host.faults.rolls_back = True
+
+
+def _refuse_prepare(host: SimulatedHost) -> None:
+    host.faults.failing[CommandType.PREPARE] = (1, "Failed to download the update: simulated")
+
+
+SCENARIOS: Mapping[str, Scenario] = {
+    "happy": Scenario("every node updates, a few at a time"),
+    "window-opens": Scenario(
+        "the schedule is closed at the start and opens mid-run", opens_after=8.0, chaos=closed_until_open
+    ),
+    "unlabelled": Scenario("a node without the brupop label is left alone", unlabelled=1),
+    "rollback": Scenario(
+        "one host comes back on the old version", faults={1: _rollback}, failing=frozenset({1})
+    ),
+    "prepare-fails": Scenario(
+        "one host refuses the update", faults={2: _refuse_prepare}, failing=frozenset({2})
+    ),
+    "pdb-blocks": Scenario(
+        "a PDB never allows one node to drain: that node fails after the drain limit, the rest update",
+        blocking_pdb_on=0,
+        failing=frozenset({0}),
+        drain_seconds=5.0,
+    ),
+    "controller-restart": Scenario(
+        "the controller is stopped mid-rollout and another takes over", chaos=restart_controller
+    ),
+    "apiserver-killed": Scenario(
+        "an apiserver replica is killed in the middle of a drain", chaos=kill_apiserver_mid_drain
+    ),
+    "agent-killed-before-reboot": Scenario(
+        "an agent dies right before it reboots its host", chaos=kill_agent_before_reboot
+    ),
+    "agent-killed-after-reboot": Scenario(
+        "an agent dies right after its host went down", chaos=kill_agent_after_reboot
+    ),
+}
+
+
+async def blocking_workload(kube: KubeClient, node: str) -> None:
+    """One pod pinned to `node` whose PDB (minAvailable 1 of 1) never allows its eviction."""
+    labels = {"app": "stubborn"}
+    template = {
+        "metadata": {"labels": labels},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "containers": [{"name": "c", "image": "nginx"}],
+        },
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "stubborn"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": template},
+    }
+    await kube.create(DEPLOYMENTS, deployment, namespace=WORKLOADS)
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "stubborn"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}},
+    }
+    await kube.create(PDBS, pdb, namespace=WORKLOADS)
+
+
+def _one_shot(at: datetime) -> str:
+    """A cron trigger for the second `at` (UTC), once."""
+    return f"{at.second} {at.minute} {at.hour} {at.day} {at.month} * {at.year}"
+
+
+async def run_scenario(
+    cluster: ClusterState,
+    kube: KubeClient,
+    work: Path,
+    options: Options,
+    scenario: Scenario = SCENARIOS["happy"],
+) -> str:
+    """Roll NEW out to the fleet under `scenario`; returns the timeline report, or raises on a broken rule."""
     await prepare(kube)
     await install_rbac(kube)
     await install_agents(kube)
     names = [f"e2e-{i}" for i in range(options.nodes)]
     await create_nodes(kube, names, labels=BRUPOP_LABELS)
+    plain = [f"e2e-plain-{i}" for i in range(scenario.unlabelled)]
+    await create_nodes(kube, plain)
     await workloads(kube)
+    if scenario.blocking_pdb_on is not None:
+        await blocking_workload(kube, names[scenario.blocking_pdb_on])
     hosts = Fleet(work / "hosts", time_scale=options.time_scale, timings=options.timings)
     hosts.repository.offer(NEW, variant="aws-k8s-1.29", arch="x86_64")
     hosts.repository.offer(OLD, variant="aws-k8s-1.29", arch="x86_64")
-    for name in names:
-        await hosts.add(name, version=OLD)
+    for index, name in enumerate(names):
+        host = await hosts.add(name, version=OLD)
+        if index in scenario.faults:
+            scenario.faults[index](host)
+    failing = {names[i] for i in scenario.failing}
     timeline = Timeline()
-    stop = asyncio.Event()
+    env = {"MAX_CONCURRENT_UPDATE": str(options.concurrency)}
+    opens_at = None
+    if scenario.opens_after is not None:
+        opens_at = (datetime.now(UTC) + timedelta(seconds=scenario.opens_after)).replace(microsecond=0)
+        env |= {"SCHEDULER_CRON_EXPRESSION": _one_shot(opens_at), "SCHEDULER_TIMEZONE": "UTC"}
     async with contextlib.AsyncExitStack() as stack:
-        first = await stack.enter_async_context(brupop_apiserver(cluster, kube))
-        second = await stack.enter_async_context(brupop_apiserver(cluster, kube))
-        await install_crd(kube, crd_for_local_use(webhook_url=f"{first.url}/crdconvert", ca_pem=first.ca_pem))
+        replicas = Replicas(cluster, kube, stack)
+        service = await stack.enter_async_context(replicas.service.running())
+        for _ in range(2):
+            await replicas.start(drain_seconds=scenario.drain_seconds)
+        server = apiserver_at(cluster, service.port)
+        await install_crd(
+            kube, crd_for_local_use(webhook_url=f"{server.url}/crdconvert", ca_pem=server.ca_pem)
+        )
         monitors = [
             asyncio.create_task(monitor_nodes(kube, options.concurrency, "e2e-")),
             asyncio.create_task(monitor_pdbs(kube)),
             asyncio.create_task(follow_shadows(kube, timeline, options.live)),
         ]
-        for index, name in enumerate(names):
-            server = (first, second)[index % 2]
-            await stack.enter_async_context(
-                node_agent(cluster, kube, server, node=name, socket=hosts.socket(name))
-            )
-        settings = ControllerSettings.from_env(
-            {"MAX_CONCURRENT_UPDATE": str(options.concurrency)}, now=datetime.now(UTC)
-        )
-        token = await service_account_token(kube, CONTROLLER_SA)
-        controller = asyncio.create_task(
-            run_controller(
-                settings,
-                config_as(cluster, token),
-                namespace=NAMESPACE,
-                identity="controller-0",
-                stop=stop,
-                metrics_port=0,
-            )
-        )
+        agents = Agents(cluster, kube, server, hosts)
+        stack.push_async_callback(agents.stop)
+        for name in names:
+            await agents.start(name)
+        controllers = Controllers(cluster, kube, env)
+        await controllers.start()
+        run = Run(cluster, kube, names, hosts, agents, controllers, replicas, opens_at)
+        chaos = [asyncio.create_task(scenario.chaos(run))] if scenario.chaos else []
         started = time.monotonic()
+        done = asyncio.create_task(
+            eventually(lambda: fleet_done(kube, names, failing), within=600, what="the rollout")
+        )
         try:
-            done = asyncio.create_task(
-                eventually(lambda: fleet_done(kube, options.nodes), within=600, what="the rollout")
-            )
-            finished, _ = await asyncio.wait(
-                [done, controller, *monitors], return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in finished:
-                task.result()  # a monitor or the controller ending early raises here
+            while not done.done():
+                watched = [done, *controllers.running, *monitors, *[c for c in chaos if not c.done()]]
+                finished, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    task.result()  # a broken invariant, a failed chaos step, the rollout timing out
+                    if task in controllers.running:  # not one that a restart is retiring
+                        raise InvariantBrokenError("the controller stopped on its own")
+                    if task in monitors:
+                        raise InvariantBrokenError("a monitor stopped on its own")
             total = time.monotonic() - started
+            for task in chaos:
+                if not task.done():
+                    raise InvariantBrokenError("the rollout finished before the scenario's trouble happened")
         finally:
-            stop.set()
-            for task in monitors:
+            for task in [done, *monitors, *chaos]:
                 task.cancel()
-            await asyncio.gather(controller, *monitors, return_exceptions=True)
+            await controllers.stop()
+            await asyncio.gather(done, *monitors, *chaos, return_exceptions=True)
     await hosts.stop()
-    await check_end_state(kube, names)
+    await check_end_state(kube, names + plain, untouched=plain)
     return timeline.report(total=total, ideal=ideal_seconds(options))
 
 
-async def check_end_state(kube: KubeClient, names: list[str]) -> None:
+async def check_end_state(kube: KubeClient, names: list[str], *, untouched: list[str]) -> None:
     for name in names:
         node = await kube.get(NODES, name)
         if node["spec"].get("unschedulable"):
             raise InvariantBrokenError(f"node {name} was left cordoned")
+    items, _ = await kube.list(SHADOWS, namespace=NAMESPACE)
+    touched = {o["metadata"]["name"].removeprefix("brs-") for o in items} & set(untouched)
+    if touched:
+        raise InvariantBrokenError(f"nodes without the brupop label got a shadow: {sorted(touched)}")
 
     try:
         await eventually(
@@ -349,23 +693,58 @@ async def check_end_state(kube: KubeClient, names: list[str]) -> None:
         raise InvariantBrokenError(str(err)) from None
 
 
+async def _existing(
+    kube: KubeClient, resource: Resource, namespace: str, label_selector: str | None = None
+) -> list[Obj]:
+    """The objects, or none when their kind is not installed yet (a first run)."""
+    try:
+        return (await kube.list(resource, namespace=namespace, label_selector=label_selector))[0]
+    except ApiError as err:
+        if err.status != 404:
+            raise
+        return []
+
+
 async def clean(kube: KubeClient) -> None:
-    """Remove what an earlier run left, so runs can share one cluster."""
-    for resource in (DEPLOYMENTS, STATEFULSETS, DAEMONSETS, PDBS):
-        with contextlib.suppress(ApiError):
-            await kube.request("DELETE", resource.path(namespace=WORKLOADS))
-    items, _ = await kube.list(NODES, label_selector="bottlerocket.aws/updater-interface-version=2.0.0")
-    for node in items:
+    """Remove what an earlier run left, and wait until it is gone, so runs can share one cluster: a pod or
+    shadow of a deleted node lingers until garbage collection, and a new node of the same name would
+    inherit it (a StatefulSet pod name still taken, an agent pod whose token dies, a stale shadow)."""
+    agents = f"{COMPONENT_LABEL}={AGENT_COMPONENT}"
+    now = {"gracePeriodSeconds": "0"}
+    nodes, _ = await kube.list(NODES)
+    for node in nodes:
         if node["metadata"]["name"].startswith("e2e-"):
             await kube.delete(NODES, node["metadata"]["name"])
+    for resource, namespace, params in (
+        (DEPLOYMENTS, WORKLOADS, {}),
+        (STATEFULSETS, WORKLOADS, {}),
+        (DAEMONSETS, WORKLOADS, {}),
+        (PDBS, WORKLOADS, {}),
+        (PODS, WORKLOADS, now),
+        (PODS, NAMESPACE, {**now, "labelSelector": agents}),
+        (SHADOWS, NAMESPACE, {}),
+    ):
+        with contextlib.suppress(ApiError):  # nothing to delete on a first run
+            await kube.request("DELETE", resource.path(namespace=namespace), params=params)
+
+    async def gone() -> bool:
+        left = [
+            *await _existing(kube, PODS, WORKLOADS),
+            *await _existing(kube, PODS, NAMESPACE, label_selector=agents),
+            *await _existing(kube, SHADOWS, NAMESPACE),
+            *[n for n in (await kube.list(NODES))[0] if n["metadata"]["name"].startswith("e2e-")],
+        ]
+        return not left
+
+    await eventually(gone, within=60, what="the previous run's objects to go")
 
 
-def main_happy(cluster: ClusterState, work: Path, options: Options, out: TextIO = sys.stdout) -> str:
+def main_run(cluster: ClusterState, work: Path, options: Options, scenario: str = "happy") -> str:
     from integ.kubetools import admin
 
     async def go() -> str:
         async with admin(cluster) as kube:
             await clean(kube)
-            return await run_happy_path(cluster, kube, work, options)
+            return await run_scenario(cluster, kube, work, options, SCENARIOS[scenario])
 
     return asyncio.run(go())

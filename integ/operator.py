@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from brupop.agent.agent import Agent, AgentOptions
 from brupop.agent.apiclient import ApiserverClient
@@ -148,46 +152,157 @@ class RunningApiserver:
         )
 
 
+def _serving_certificate(cluster: ClusterState) -> Path:
+    """A directory with tls.crt and tls.key for 127.0.0.1, issued by the cluster's CA (once per cluster:
+    replicas share it, as they share the Secret)."""
+    directory = Path(cluster.directory)
+    tls = directory / "brupop-apiserver-tls"
+    if not (tls / "tls.key").exists():
+        tls.mkdir(exist_ok=True)
+        CertificateAuthority.load(directory).issue(
+            tls, "tls", common_name="brupop-apiserver", dns=("localhost",), ips=("127.0.0.1",), server=True
+        )
+    return tls
+
+
+async def _answering(running: RunningApiserver, alive: Callable[[], None]) -> None:
+    """Wait until `running` answers /ping; `alive` raises if the server died meanwhile."""
+    async with running.client() as http:
+
+        async def pong() -> bool:
+            alive()
+            try:
+                return (await http.get("/ping")).text == "pong"
+            except httpx.TransportError:
+                return False
+
+        await eventually(pong, what=f"the brupop apiserver at {running.url} to answer /ping")
+
+
+def apiserver_at(cluster: ClusterState, port: int) -> RunningApiserver:
+    ca_file = Path(cluster.directory) / "ca.crt"
+    return RunningApiserver(url=f"https://127.0.0.1:{port}", ca_file=ca_file, ca_pem=ca_file.read_bytes())
+
+
 @contextlib.asynccontextmanager
 async def brupop_apiserver(
     cluster: ClusterState, kube: KubeClient, *, drain_seconds: float = 60.0
 ) -> AsyncIterator[RunningApiserver]:
     """The brupop apiserver in this process, as its own service account with the manifest's RBAC."""
     await install_rbac(kube)
-    directory = Path(cluster.directory)
-    tls = directory / "brupop-apiserver-tls"
-    tls.mkdir(exist_ok=True)
-    CertificateAuthority.load(directory).issue(
-        tls, "tls", common_name="brupop-apiserver", dns=("localhost",), ips=("127.0.0.1",), server=True
-    )
     port = free_port()
     settings = ApiserverSettings(
-        port=port, bind="127.0.0.1", tls_dir=tls, drain_seconds=drain_seconds, namespace=NAMESPACE
+        port=port,
+        bind="127.0.0.1",
+        tls_dir=_serving_certificate(cluster),
+        drain_seconds=drain_seconds,
+        namespace=NAMESPACE,
     )
     token = await service_account_token(kube, APISERVER_SA)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, config_as(cluster, token), stop=stop))
-    running = RunningApiserver(
-        url=f"https://127.0.0.1:{port}",
-        ca_file=directory / "ca.crt",
-        ca_pem=(directory / "ca.crt").read_bytes(),
-    )
-    async with running.client() as http:
+    running = apiserver_at(cluster, port)
 
-        async def pong() -> bool:
-            if task.done():
-                task.result()
-            try:
-                return (await http.get("/ping")).text == "pong"
-            except httpx.TransportError:
-                return False
+    def alive() -> None:
+        if task.done():
+            task.result()
 
-        await eventually(pong, what="the brupop apiserver to answer /ping")
+    await _answering(running, alive)
     try:
         yield running
     finally:
         stop.set()
         await task
+
+
+def token_kubeconfig(cluster: ClusterState, path: Path, token: str) -> Path:
+    """Write, at `path` (mode 0600), a kubeconfig for a brupop program in its own process: the local
+    kube-apiserver, trusted through the cluster's CA, reached with `token` alone, in brupop's namespace."""
+    base = KubeConfig.from_kubeconfig(Path(cluster.kubeconfig))
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "brupop",
+        "clusters": [
+            {"name": "local", "cluster": {"server": base.server, "certificate-authority": str(base.ca_file)}}
+        ],
+        "users": [{"name": "brupop", "user": {"token": token}}],
+        "contexts": [
+            {"name": "brupop", "context": {"cluster": "local", "user": "brupop", "namespace": NAMESPACE}}
+        ],
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class ApiserverProcess:
+    """A `brupop apiserver` replica in a process of its own, which a test can kill outright."""
+
+    running: RunningApiserver
+    port: int
+    process: asyncio.subprocess.Process
+    log: Path
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+    def logged(self, event: str, **fields: str) -> bool:
+        """Whether the replica's JSON log has a line for `event` with these fields."""
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items()):
+                    return True
+        return False
+
+
+@contextlib.asynccontextmanager
+async def apiserver_process(
+    cluster: ClusterState, kube: KubeClient, *, name: str, drain_seconds: float = 60.0
+) -> AsyncIterator[ApiserverProcess]:
+    """`python -m brupop apiserver` configured by its environment, as the Deployment's pods are, with a
+    kubeconfig holding the apiserver service account's token; logs go to <cluster dir>/<name>.log."""
+    await install_rbac(kube)
+    directory = Path(cluster.directory)
+    kubeconfig = token_kubeconfig(
+        cluster, directory / f"{name}.kubeconfig", await service_account_token(kube, APISERVER_SA)
+    )
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "KUBECONFIG": str(kubeconfig),
+        "APISERVER_INTERNAL_PORT": str(port),
+        "APISERVER_BIND_ADDRESS": "127.0.0.1",
+        "APISERVER_TLS_DIR": str(_serving_certificate(cluster)),
+        "DRAIN_TIMEOUT": str(drain_seconds),
+        "BRUPOP_NAMESPACE": NAMESPACE,
+        "LOGGING_FORMATTER": "json",
+    }
+    log = directory / f"{name}.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "brupop", "apiserver", env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+    replica = ApiserverProcess(running=apiserver_at(cluster, port), port=port, process=process, log=log)
+
+    def alive() -> None:
+        if process.returncode is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}; see {log}")
+
+    try:
+        await _answering(replica.running, alive)
+        yield replica
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout=35)
+            except TimeoutError:
+                replica.kill()
+                await process.wait()
 
 
 @contextlib.asynccontextmanager

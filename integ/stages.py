@@ -1,6 +1,6 @@
 """kwok Stage objects (written for this project) that make fake nodes and pods behave like kubelets:
 nodes become Ready and keep heartbeating, bound pods start Running, and deleted or evicted pods go away
-at once (kwok deletes them with a zero grace period)."""
+a second later (kwok deletes them with a zero grace period)."""
 
 from __future__ import annotations
 
@@ -113,6 +113,10 @@ STAGES = [
         "Pod",
         [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
         {"delete": True},
+        # A kubelet takes a moment to stop containers. Without it the disruption controller may never see
+        # the pod terminating, keeps it in the PDB's disruptedPods, and then counts a StatefulSet's
+        # replacement (same name) as disrupted for two minutes, blocking every drain behind that PDB.
+        delay={"durationMilliseconds": 1000},
     ),
 ]
 

@@ -1,4 +1,5 @@
-"""A whole simulated fleet updated end to end (see integ/e2e.py for what is real and what is checked)."""
+"""Whole simulated fleets updated end to end, one scenario each (see integ/e2e.py for what is real, what is
+checked continuously and what is checked at the end)."""
 
 from pathlib import Path
 
@@ -6,14 +7,15 @@ import pytest
 
 from brupop.kube.client import KubeClient
 from integ.cluster import ClusterState
-from integ.e2e import Options, clean, run_happy_path
+from integ.e2e import SCENARIOS, Options, clean, run_scenario
 
 
 @pytest.mark.integration
-async def test_happy_path_six_nodes_two_at_a_time(
-    cluster: ClusterState, kube: KubeClient, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+async def test_scenario(name: str, cluster: ClusterState, kube: KubeClient, tmp_path: Path) -> None:
     await clean(kube)
-    report = await run_happy_path(cluster, kube, tmp_path, Options(nodes=6, concurrency=2, time_scale=0.05))
-    print(report)
+    report = await run_scenario(
+        cluster, kube, tmp_path, Options(nodes=6, concurrency=2, time_scale=0.05), SCENARIOS[name]
+    )
+    print(f"{name}: {SCENARIOS[name].description}\n{report}")
     assert "overhead ratio" in report
