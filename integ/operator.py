@@ -1,7 +1,7 @@
 """brupop's own parts on the local cluster, as a real installation has them: the RBAC objects of the
 generated manifest, service-account identities, agent pods on kwok nodes with pod-bound tokens, and the
-brupop apiserver running in this process under its own service account with a certificate of the
-cluster's CA."""
+brupop apiserver under its own service account with a certificate of the cluster's CA, either in this
+process (quick, for focused tests) or as a process of its own (which a scenario can kill outright)."""
 
 from __future__ import annotations
 
