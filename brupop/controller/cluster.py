@@ -63,6 +63,7 @@ class ClusterFleet:
             on_change=on_change,
         )
         self._parsed: dict[str, tuple[str, BottlerocketShadow | None]] = {}
+        self._nodes: dict[str, tuple[str, NodeInfo]] = {}
 
     def shadows(self) -> list[BottlerocketShadow]:
         result = []
@@ -86,14 +87,18 @@ class ClusterFleet:
         return result
 
     def nodes(self) -> Mapping[str, NodeInfo]:
-        return {
-            str(n["metadata"]["name"]): NodeInfo(
-                name=str(n["metadata"]["name"]),
-                uid=str(n["metadata"].get("uid", "")),
-                labels=n["metadata"].get("labels") or {},
-            )
-            for n in self.node_informer.items()
-        }
+        """Every Node's NodeInfo, rebuilt only for Nodes that changed since the last pass."""
+        fresh: dict[str, tuple[str, NodeInfo]] = {}
+        for n in self.node_informer.items():
+            meta = n["metadata"]
+            name, version = str(meta["name"]), resource_version(n)
+            cached = self._nodes.get(name)
+            if cached is None or cached[0] != version:
+                info = NodeInfo(name=name, uid=str(meta.get("uid", "")), labels=meta.get("labels") or {})
+                cached = (version, info)
+            fresh[name] = cached
+        self._nodes = fresh
+        return {name: info for name, (_, info) in fresh.items()}
 
     async def write_spec(self, name: str, spec: ShadowSpec) -> None:
         patch = {"apiVersion": API_VERSION_V2, "kind": KIND, "spec": spec.model_dump(mode="json")}

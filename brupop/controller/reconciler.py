@@ -86,7 +86,7 @@ class Reconciler:
         if window_open and not decided.started and not decided.held:
             self._drained_at = now
             window_open = schedule.is_open(now, drained_at=self._drained_at)
-        self._metrics.observe(self._view.shadows(), now=now, active=decided.active, window_open=window_open)
+        self._metrics.observe(shadows, now=now, active=decided.active, window_open=window_open)
         deadlines = [now + RESYNC]
         if decided.wake_at is not None:
             deadlines.append(decided.wake_at)

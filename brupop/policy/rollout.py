@@ -115,7 +115,7 @@ def plan(
             if at is not None and at > now:
                 waits.append(at)
         wanted = next_spec(shadow, now=now, may_start=False)
-        if wanted != shadow.spec:
+        if wanted is not shadow.spec and wanted != shadow.spec:
             changes[shadow.name] = wanted
 
     if not window_open:

@@ -47,10 +47,13 @@ def next_spec(shadow: BottlerocketShadow, *, now: datetime, may_start: bool) -> 
     spec, status = shadow.spec, shadow.status
     if status is None:
         return DEFAULT_SPEC
-    stamp = Timestamp.from_datetime(now)
     if status.current_state is not spec.state:
         if status.current_state is ShadowState.ERROR_RESET and spec.state is not ShadowState.IDLE:
-            return ShadowSpec(state=ShadowState.IDLE, state_transition_timestamp=stamp, version=spec.version)
+            return ShadowSpec(
+                state=ShadowState.IDLE,
+                state_transition_timestamp=Timestamp.from_datetime(now),
+                version=spec.version,
+            )
         return spec
     if spec.state is ShadowState.IDLE:
         if not status.update_available():
@@ -58,8 +61,12 @@ def next_spec(shadow: BottlerocketShadow, *, now: datetime, may_start: bool) -> 
         if may_start and may_retry(status, now=now):
             return ShadowSpec(
                 state=ShadowState.STAGED_AND_PERFORMED_UPDATE,
-                state_transition_timestamp=stamp,
+                state_transition_timestamp=Timestamp.from_datetime(now),
                 version=status.target_version,
             )
         return spec
-    return ShadowSpec(state=_AFTER[spec.state], state_transition_timestamp=stamp, version=spec.version)
+    return ShadowSpec(
+        state=_AFTER[spec.state],
+        state_transition_timestamp=Timestamp.from_datetime(now),
+        version=spec.version,
+    )
