@@ -12,14 +12,13 @@ import asyncio
 import os
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import yaml
 
-from benchmarks.measure import p50_p99_ms, rss_mib
+from benchmarks.measure import p50_p99_ms, rss_mib, runtime_python
 from brupop.deploy import APISERVER_SA
 from brupop.kube.client import PODS
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE
@@ -79,7 +78,7 @@ async def main(pods: int, updates: int) -> None:
                 "LOGGING_FORMATTER": "json",
                 "TRACING_FILTER_DIRECTIVE": "warn",
             }
-            process = subprocess.Popen([sys.executable, "-m", "brupop", "apiserver"], env=env)
+            process = subprocess.Popen([runtime_python(), "-m", "brupop", "apiserver"], env=env)
             context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
             node = nodes[0]
             real = await agent_pod(kube, "bench-0")

@@ -16,7 +16,7 @@ import time
 
 import httpx
 
-from benchmarks.measure import p50_p99_ms, rss_mib
+from benchmarks.measure import p50_p99_ms, rss_mib, runtime_python
 from brupop.kube.client import NODES, SHADOWS, KubeClient
 from brupop.models.constants import API_VERSION_V2, KIND, NAMESPACE, shadow_name
 from integ.build import build
@@ -75,7 +75,7 @@ async def main(nodes: int, changes: int) -> None:
                 "LOGGING_FORMATTER": "json",
                 "TRACING_FILTER_DIRECTIVE": "warn",
             }
-            process = subprocess.Popen([sys.executable, "-m", "brupop", "controller"], env=env)
+            process = subprocess.Popen([runtime_python(), "-m", "brupop", "controller"], env=env)
 
             async def ready() -> bool:
                 try:
