@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from brupop.kube.client import EVENTS, LEASES, NODES, SHADOWS, ApiError, KubeClient
 from brupop.kube.informer import Informer, resource_version
 from brupop.kube.leader import LeaseConflictError, micro_time
-from brupop.models.constants import API_VERSION_V2, KIND
+from brupop.models.constants import API_VERSION_V2, KIND, UPDATER_INTERFACE_LABEL
 from brupop.models.shadow import BottlerocketShadow, ShadowSpec
 from brupop.policy.rollout import NodeInfo
 
@@ -28,19 +28,34 @@ REPORTER = "brupop.bottlerocket.aws/controller"
 
 
 def trim_node(node: Obj) -> Obj:
+    """A Node as decisions read it: identity, the opt-in label (a kubelet sets a dozen others), and
+    schedulability."""
     meta = node.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "uid", "resourceVersion") if k in meta}
+    labels = meta.get("labels") or {}
+    kept["labels"] = (
+        {UPDATER_INTERFACE_LABEL: labels[UPDATER_INTERFACE_LABEL]}
+        if UPDATER_INTERFACE_LABEL in labels
+        else {}
+    )
     return {
-        "metadata": {k: meta[k] for k in ("name", "uid", "labels", "resourceVersion") if k in meta},
+        "metadata": kept,
         "spec": {"unschedulable": bool((node.get("spec") or {}).get("unschedulable"))},
     }
 
 
 def trim_shadow(shadow: Obj) -> Obj:
-    """Shadows without their managedFields, which decisions never read and which weigh more than the rest."""
+    """What decisions and Events read of a shadow: its identity, owner names, spec and status. The rest
+    (managedFields above all) would weigh more than what is kept, in every shadow of the fleet."""
     meta = shadow.get("metadata") or {}
-    if "managedFields" not in meta:
-        return shadow
-    return {**shadow, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}
+    owners = [{"name": o.get("name")} for o in meta.get("ownerReferences") or [] if isinstance(o, dict)]
+    if owners:
+        kept["ownerReferences"] = owners
+    return {
+        "metadata": kept,
+        **{k: shadow[k] for k in ("spec", "status") if k in shadow},
+    }
 
 
 class ClusterFleet:
