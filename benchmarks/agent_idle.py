@@ -1,8 +1,8 @@
 """Benchmark: one agent idle on a node with 110 pods. The agent is `python -m brupop agent` in a process
-of its own, configured by its environment as the DaemonSet's pod is, reaching the local kube-apiserver with
-its pod's pod-bound token; the brupop apiserver and the simulated host (which offers no newer version, so
-the agent stays Idle) run in this process. The update check keeps its default interval (120 s), so it is
-part of the idle cost.
+of its own (in the runtime-only virtualenv, as in the image), configured by its environment as the
+DaemonSet's pod is, reaching the local kube-apiserver with its pod's pod-bound token; the brupop apiserver
+and the simulated host (which offers no newer version, so the agent stays Idle) run in this process. The
+update check keeps its default interval (120 s), so it is part of the idle cost.
 
 Prints the agent's resident memory (/proc/PID/status VmRSS) right after start-up and after N minutes idle
 (target <= 35 MiB; the DaemonSet's limit is 50Mi), and its CPU time per minute over the idle period
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks.measure import cpu_seconds, rss_mib
+from benchmarks.measure import cpu_seconds, rss_mib, runtime_python
 from brupop.kube.client import NODES, PODS, SHADOWS, ApiError, KubeClient
 from brupop.kube.informer import Informer
 from brupop.logs import configure
@@ -224,7 +224,7 @@ async def measure(
     log = directory / "agent.log"
     with log.open("wb") as out:
         agent = await asyncio.create_subprocess_exec(
-            sys.executable,
+            runtime_python(),
             "-m",
             "brupop",
             "agent",

@@ -705,35 +705,41 @@ async def _existing(
         return []
 
 
+def _ours(obj: Obj) -> bool:
+    """Made by an end-to-end run: an e2e node, a pod on one, or the shadow of one."""
+    name = str(obj["metadata"]["name"])
+    return name.startswith(("e2e-", "brs-e2e-")) or str(
+        (obj.get("spec") or {}).get("nodeName", "")
+    ).startswith("e2e-")
+
+
 async def clean(kube: KubeClient) -> None:
-    """Remove what an earlier run left, and wait until it is gone, so runs can share one cluster: a pod or
-    shadow of a deleted node lingers until garbage collection, and a new node of the same name would
-    inherit it (a StatefulSet pod name still taken, an agent pod whose token dies, a stale shadow)."""
+    """Remove what an earlier run left, and wait until it is gone, so runs can share one cluster (with each
+    other and with other tests): a pod or shadow of a deleted node lingers until garbage collection, and a
+    new node of the same name would inherit it (a StatefulSet pod name still taken, an agent pod whose
+    token dies, a stale shadow)."""
     agents = f"{COMPONENT_LABEL}={AGENT_COMPONENT}"
-    now = {"gracePeriodSeconds": "0"}
-    nodes, _ = await kube.list(NODES)
-    for node in nodes:
-        if node["metadata"]["name"].startswith("e2e-"):
-            await kube.delete(NODES, node["metadata"]["name"])
-    for resource, namespace, params in (
-        (DEPLOYMENTS, WORKLOADS, {}),
-        (STATEFULSETS, WORKLOADS, {}),
-        (DAEMONSETS, WORKLOADS, {}),
-        (PDBS, WORKLOADS, {}),
-        (PODS, WORKLOADS, now),
-        (PODS, NAMESPACE, {**now, "labelSelector": agents}),
-        (SHADOWS, NAMESPACE, {}),
-    ):
+    for resource in (DEPLOYMENTS, STATEFULSETS, DAEMONSETS, PDBS):
         with contextlib.suppress(ApiError):  # nothing to delete on a first run
-            await kube.request("DELETE", resource.path(namespace=namespace), params=params)
+            await kube.request("DELETE", resource.path(namespace=WORKLOADS))
+    with contextlib.suppress(ApiError):
+        await kube.request("DELETE", PODS.path(namespace=WORKLOADS), params={"gracePeriodSeconds": "0"})
+
+    async def leftovers() -> list[tuple[Resource, str | None, str]]:
+        found = [
+            *((PODS, WORKLOADS, o) for o in await _existing(kube, PODS, WORKLOADS)),
+            *((PODS, NAMESPACE, o) for o in await _existing(kube, PODS, NAMESPACE, label_selector=agents)),
+            *((SHADOWS, NAMESPACE, o) for o in await _existing(kube, SHADOWS, NAMESPACE)),
+            *((NODES, None, o) for o in (await kube.list(NODES))[0]),
+        ]
+        return [(r, ns, o["metadata"]["name"]) for r, ns, o in found if ns == WORKLOADS or _ours(o)]
 
     async def gone() -> bool:
-        left = [
-            *await _existing(kube, PODS, WORKLOADS),
-            *await _existing(kube, PODS, NAMESPACE, label_selector=agents),
-            *await _existing(kube, SHADOWS, NAMESPACE),
-            *[n for n in (await kube.list(NODES))[0] if n["metadata"]["name"].startswith("e2e-")],
-        ]
+        """Delete what is left (a DaemonSet re-creates a pod until its node is gone); True once nothing is."""
+        left = await leftovers()
+        for resource, namespace, name in left:
+            with contextlib.suppress(ApiError):  # already gone
+                await kube.delete(resource, name, namespace=namespace, options={"gracePeriodSeconds": 0})
         return not left
 
     await eventually(gone, within=60, what="the previous run's objects to go")
