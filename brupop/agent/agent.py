@@ -32,7 +32,7 @@ import structlog
 from pydantic import ValidationError
 
 from brupop.agent.apiclient import ApiserverClient, ApiserverError
-from brupop.agent.host import HostClient, HostError, HostUnavailableError
+from brupop.agent.host import EAGER, RELAXED, HostClient, HostError, HostUnavailableError, PollPace
 from brupop.kube.client import NODES, SHADOWS, KubeClient
 from brupop.kube.informer import Informer
 from brupop.models.constants import shadow_name
@@ -44,6 +44,10 @@ from brupop.policy.drain import CORDON_ANNOTATION, CORDONED_BY_BRUPOP
 log = structlog.get_logger("brupop.agent")
 S = ShadowState
 Obj = dict[str, Any]
+
+
+FAILED_CHECK_RETRY = 10.0
+"""Seconds before a failed update check is tried again (instead of the whole interval)."""
 
 
 class StepError(Exception):
@@ -229,20 +233,23 @@ class Agent:
             await self._report(spec, ShadowStatus.model_validate(fresh.model_dump()))
 
     async def _refresh_target(self, running: str, *, force: bool = False) -> str:
-        """The version the host would update to (its chosen update), refreshed at most every interval."""
-        if force or time.monotonic() >= self._next_refresh or self._target is None:
+        """The version the host would update to (its chosen update, None when nothing is on offer),
+        checked at most once per interval: an idle agent wakes on every Node heartbeat."""
+        if force or time.monotonic() >= self._next_refresh:
             self._next_refresh = time.monotonic() + self.options.update_check_interval
             try:
-                await self._command(CommandType.REFRESH)
+                await self._command(CommandType.REFRESH, pace=RELAXED)
                 host = await self.host.status()
                 self._target = host.chosen_version if host is not None else None
             except (HostError, StepError) as err:
-                self.log.warning("update check failed", error=str(err))
+                retry = min(self.options.update_check_interval, FAILED_CHECK_RETRY)
+                self._next_refresh = time.monotonic() + retry
+                self.log.warning("update check failed", error=str(err), retry_in=retry)
         return self._target or running
 
-    async def _command(self, command: CommandType) -> UpdateStatus:
+    async def _command(self, command: CommandType, *, pace: PollPace = EAGER) -> UpdateStatus:
         try:
-            done = await self.host.run(command)
+            done = await self.host.run(command, pace=pace)
         except HostUnavailableError:
             raise
         except HostError as err:

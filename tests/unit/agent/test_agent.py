@@ -365,6 +365,18 @@ async def test_a_shadow_without_status_reports_idle_targeting_the_hosts_choice(
     )
 
 
+async def test_an_idle_agent_checks_for_updates_once_per_interval_even_when_none_is_offered(
+    fresh: Rig,
+) -> None:
+    fresh.fleet.repository.withdraw(NEW)
+    await fresh.reconcile()
+    await fresh.reconcile()
+    mark = fresh.journal.mark()
+    for _ in range(3):  # Node heartbeats wake it; the interval (an hour here) has not passed
+        await fresh.reconcile()
+    assert fresh.journal.since(mark) == []
+
+
 async def test_staging_prepares_and_activates_without_rebooting(rig: Rig) -> None:
     mark = rig.journal.mark()
     status = await rig.step(S.STAGED_AND_PERFORMED_UPDATE)
