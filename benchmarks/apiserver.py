@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import ssl
 import subprocess
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 
 from benchmarks.measure import p50_p99_ms, rss_mib, runtime_python
 from brupop.deploy import APISERVER_SA
@@ -58,10 +58,10 @@ async def main(pods: int, updates: int) -> None:
 
             await asyncio.gather(*(pod(i) for i in range(pods)))
             token = await service_account_token(kube, APISERVER_SA)
-            config = yaml.safe_load(Path(state.kubeconfig).read_text())
+            config = json.loads(Path(state.kubeconfig).read_text())
             config["users"] = [{"name": "admin", "user": {"token": token}}]
             kubeconfig = directory / "apiserver.kubeconfig"
-            kubeconfig.write_text(yaml.safe_dump(config))
+            kubeconfig.write_text(json.dumps(config))
             tls = directory / "bench-tls"
             tls.mkdir(exist_ok=True)
             CertificateAuthority.load(directory).issue(

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from integ.pki import CertificateAuthority, service_account_keys
 from integ.stages import stages_yaml
@@ -299,4 +298,4 @@ class LocalCluster:
             ],
             "contexts": [{"name": "brupop-integ", "context": {"cluster": "local", "user": "admin"}}],
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.write_text(json.dumps(config, indent=2))  # JSON is YAML too, and spares programs yaml

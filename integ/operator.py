@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from brupop.agent.agent import Agent, AgentOptions
 from brupop.agent.apiclient import ApiserverClient
@@ -231,7 +230,7 @@ def token_kubeconfig(cluster: ClusterState, path: Path, token: str) -> Path:
             {"name": "brupop", "context": {"cluster": "local", "user": "brupop", "namespace": NAMESPACE}}
         ],
     }
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(json.dumps(config))  # read without importing yaml, as in-cluster config is
     path.chmod(0o600)
     return path
 

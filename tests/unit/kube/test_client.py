@@ -1,5 +1,7 @@
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -178,6 +180,16 @@ def test_kubeconfig_with_inline_data_and_relative_files(tmp_path: Path) -> None:
 
 def test_kubeconfig_tokens(tmp_path: Path) -> None:
     assert KubeConfig.from_kubeconfig(write_kubeconfig(tmp_path, {"token": "abc"})).bearer_token() == "abc"
+
+
+def test_a_json_kubeconfig_is_read_without_importing_yaml(tmp_path: Path) -> None:
+    path = write_kubeconfig(tmp_path, {"token": "abc"})
+    probe = (
+        "import sys; from pathlib import Path; from brupop.kube.config import KubeConfig; "
+        f"KubeConfig.from_kubeconfig(Path({str(path)!r})); print('yaml' in sys.modules)"
+    )
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert answer.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(
