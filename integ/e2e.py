@@ -236,19 +236,25 @@ async def monitor_pdbs(kube: KubeClient) -> None:
 
 
 async def follow_shadows(kube: KubeClient, timeline: Timeline, live: TextIO | None) -> None:
+    """Record every state change on the timeline; with `live`, redraw the table at most twice a second and
+    once more when the run ends (this task is cancelled then)."""
     latest: dict[str, BottlerocketShadow] = {}
     last_draw = 0.0
-    async for kind, obj in _watch(kube, SHADOWS, NAMESPACE):
-        shadow = BottlerocketShadow.model_validate(obj)
-        node = shadow.name.removeprefix("brs-")
-        if kind == "DELETED":
-            latest.pop(node, None)
-            continue
-        latest[node] = shadow
-        if shadow.status is not None:
-            timeline.record(node, shadow.status.current_state.value)
-        if live is not None and time.monotonic() - last_draw > 0.5:
-            last_draw = time.monotonic()
+    try:
+        async for kind, obj in _watch(kube, SHADOWS, NAMESPACE):
+            shadow = BottlerocketShadow.model_validate(obj)
+            node = shadow.name.removeprefix("brs-")
+            if kind == "DELETED":
+                latest.pop(node, None)
+                continue
+            latest[node] = shadow
+            if shadow.status is not None:
+                timeline.record(node, shadow.status.current_state.value)
+            if live is not None and time.monotonic() - last_draw > 0.5:
+                last_draw = time.monotonic()
+                draw(latest, live, elapsed=time.monotonic() - timeline.started)
+    finally:
+        if live is not None:
             draw(latest, live, elapsed=time.monotonic() - timeline.started)
 
 
