@@ -44,18 +44,32 @@ def trim_node(node: Obj) -> Obj:
     }
 
 
+PARSED = "brupop.parsed"
+"""Where a cached shadow keeps its validated model (None when the object is invalid)."""
+
+
 def trim_shadow(shadow: Obj) -> Obj:
-    """What decisions and Events read of a shadow: its identity, owner names, spec and status. The rest
-    (managedFields above all) would weigh more than what is kept, in every shadow of the fleet."""
+    """What the controller caches of a shadow: its identity (cache key, Events) and the validated model,
+    through which alone spec and status are read. Validating once per change and keeping only the model
+    halves what each shadow costs; the rest (managedFields above all) is dropped. Idempotent."""
+    if PARSED in shadow:
+        return shadow
     meta = shadow.get("metadata") or {}
     kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}
     owners = [{"name": o.get("name")} for o in meta.get("ownerReferences") or [] if isinstance(o, dict)]
     if owners:
         kept["ownerReferences"] = owners
-    return {
-        "metadata": kept,
-        **{k: shadow[k] for k in ("spec", "status") if k in shadow},
-    }
+    model: BottlerocketShadow | None
+    try:
+        model = BottlerocketShadow.model_validate(
+            {"metadata": kept, **{k: shadow[k] for k in ("spec", "status") if k in shadow}}
+        )
+    except ValidationError as err:
+        log.error(
+            "ignoring an invalid BottlerocketShadow", shadow=kept.get("name"), error=str(err).splitlines()[0]
+        )
+        model = None
+    return {"metadata": kept, PARSED: model}
 
 
 class ClusterFleet:
@@ -77,29 +91,10 @@ class ClusterFleet:
             transform=trim_node,
             on_change=on_change,
         )
-        self._parsed: dict[str, tuple[str, BottlerocketShadow | None]] = {}
         self._nodes: dict[str, tuple[str, NodeInfo]] = {}
 
     def shadows(self) -> list[BottlerocketShadow]:
-        result = []
-        fresh: dict[str, tuple[str, BottlerocketShadow | None]] = {}
-        for obj in self.shadow_informer.items():
-            name = str(obj["metadata"]["name"])
-            version = resource_version(obj)
-            cached = self._parsed.get(name)
-            if cached is None or cached[0] != version:
-                try:
-                    cached = (version, BottlerocketShadow.model_validate(obj))
-                except ValidationError as err:
-                    log.error(
-                        "ignoring an invalid BottlerocketShadow", shadow=name, error=str(err).splitlines()[0]
-                    )
-                    cached = (version, None)
-            fresh[name] = cached
-            if cached[1] is not None:
-                result.append(cached[1])
-        self._parsed = fresh
-        return result
+        return [obj[PARSED] for obj in self.shadow_informer.items() if obj[PARSED] is not None]
 
     def nodes(self) -> Mapping[str, NodeInfo]:
         """Every Node's NodeInfo, rebuilt only for Nodes that changed since the last pass."""
