@@ -67,6 +67,11 @@ def _not_older(version: str, than: str) -> bool:
     return version == than
 
 
+def _without_version(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    return {**obj, "metadata": meta}
+
+
 def _watch_error(status: Mapping[str, Any]) -> Exception:
     message = str(status.get("message", "watch error"))
     return ResourceExpiredError(message) if status.get("code") == 410 else RuntimeError(message)
@@ -120,7 +125,8 @@ class Informer:
         self._assumed.clear()
 
     def _apply(self, kind: str, obj: Obj) -> bool:
-        """Apply one watch event; False when it was ignored."""
+        """Apply one watch event; False when it was ignored or changed nothing the transform keeps (a Node
+        heartbeat, once trimmed, differs only in its resourceVersion: no reason to wake anyone)."""
         key = object_key(obj)
         expected = self._assumed.get(key)
         if kind == "DELETED":
@@ -130,8 +136,9 @@ class Informer:
             if not _not_older(resource_version(obj), expected):
                 return False
             del self._assumed[key]
-        self._store[key] = self._transform(obj)
-        return True
+        before, after = self._store.get(key), self._transform(obj)
+        self._store[key] = after
+        return before is None or _without_version(before) != _without_version(after)
 
     async def run(self) -> None:
         """Keep the cache current until cancelled."""

@@ -112,7 +112,7 @@ async def test_assumed_writes_hide_older_events_until_a_newer_one_arrives() -> N
     informer.assume(obj("a", "3", spec={"v": 2}))
     assert not informer._apply("MODIFIED", obj("a", "2", spec={"v": 1}))
     assert informer.get("ns/a") == obj("a", "3", spec={"v": 2})
-    assert informer._apply("MODIFIED", obj("a", "3", spec={"v": 2}))
+    assert not informer._apply("MODIFIED", obj("a", "3", spec={"v": 2}))  # our write coming back: no news
     assert informer._apply("MODIFIED", obj("a", "4", spec={"v": 3}))
     assert informer.get("ns/a") == obj("a", "4", spec={"v": 3})
     task.cancel()
@@ -128,10 +128,11 @@ def test_an_assumption_older_than_the_cache_is_dropped() -> None:
 
 def test_opaque_resource_versions_need_the_exact_event() -> None:
     informer = Informer(Source([], []), name="t")
-    informer.assume(obj("a", "xyz"))
-    assert not informer._apply("MODIFIED", obj("a", "abc"))
-    assert informer._apply("MODIFIED", obj("a", "xyz"))
-    assert informer._apply("MODIFIED", obj("a", "abc"))
+    informer.assume(obj("a", "xyz", spec={"v": 1}))
+    assert not informer._apply("MODIFIED", obj("a", "abc", spec={"v": 0}))
+    assert informer.get("ns/a") == obj("a", "xyz", spec={"v": 1})
+    informer._apply("MODIFIED", obj("a", "xyz", spec={"v": 1}))
+    assert informer._apply("MODIFIED", obj("a", "abc", spec={"v": 2}))
 
 
 def test_forget_and_transform() -> None:
@@ -142,6 +143,20 @@ def test_forget_and_transform() -> None:
     informer.forget("ns/a")
     assert informer.get("ns/a") is None
     assert object_key(obj("node", "1", namespace=None)) == "node"
+
+
+def test_a_change_the_transform_drops_wakes_nobody_but_is_stored() -> None:
+    def trim(o: Obj) -> Obj:
+        return {"metadata": o["metadata"], "spec": o.get("spec")}
+
+    informer = Informer(Source([], []), name="t", transform=trim)
+    assert informer._apply("ADDED", obj("n", "1", spec={"unschedulable": False}, status={"beat": 1}))
+    assert not informer._apply("MODIFIED", obj("n", "2", spec={"unschedulable": False}, status={"beat": 2}))
+    assert informer.get("ns/n") == {
+        "metadata": {"name": "n", "resourceVersion": "2", "namespace": "ns"},
+        "spec": {"unschedulable": False},
+    }
+    assert informer._apply("MODIFIED", obj("n", "3", spec={"unschedulable": True}, status={"beat": 2}))
 
 
 def test_backoff_has_full_jitter_under_a_cap() -> None:
