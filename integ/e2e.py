@@ -17,7 +17,7 @@ import contextlib
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -594,6 +594,15 @@ async def blocking_workload(kube: KubeClient, node: str) -> None:
     await kube.create(PDBS, pdb, namespace=WORKLOADS)
 
 
+async def _bounded(work: Awaitable[Any], what: str, *, seconds: float = 90.0) -> None:
+    """Teardown that cannot hang a test run: once (under heavy load) a run waited forever at its end."""
+    try:
+        async with asyncio.timeout(seconds):
+            await work
+    except TimeoutError:
+        raise InvariantBrokenError(f"timed out after {seconds:g}s waiting for {what}") from None
+
+
 def _one_shot(at: datetime) -> str:
     """A cron trigger for the second `at` (UTC), once."""
     return f"{at.second} {at.minute} {at.hour} {at.day} {at.month} * {at.year}"
@@ -646,7 +655,7 @@ async def run_scenario(
             asyncio.create_task(follow_shadows(kube, timeline, options.live)),
         ]
         agents = Agents(cluster, kube, server, hosts)
-        stack.push_async_callback(agents.stop)
+        stack.push_async_callback(lambda: _bounded(agents.stop(), "the agents to stop"))
         for name in names:
             await agents.start(name)
         controllers = Controllers(cluster, kube, env)
@@ -674,9 +683,11 @@ async def run_scenario(
         finally:
             for task in [done, *monitors, *chaos]:
                 task.cancel()
-            await controllers.stop()
-            await asyncio.gather(done, *monitors, *chaos, return_exceptions=True)
-    await hosts.stop()
+            await _bounded(controllers.stop(), "the controllers to stop")
+            await _bounded(
+                asyncio.gather(done, *monitors, *chaos, return_exceptions=True), "the monitors to end"
+            )
+    await _bounded(hosts.stop(), "the simulated hosts to stop")
     await check_end_state(kube, names + plain, untouched=plain)
     return timeline.report(total=total, ideal=ideal_seconds(options))
 
