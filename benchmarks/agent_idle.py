@@ -46,6 +46,7 @@ from integ.operator import (
     brupop_apiserver,
     install_agents,
     install_rbac,
+    stop_process,
     token_kubeconfig,
 )
 
@@ -268,13 +269,7 @@ async def measure(
             woken, asked = changes - woken, host_requests - asked
             still_idle = await reported_idle(kube, NODE)
     finally:
-        if agent.returncode is None:
-            agent.terminate()
-            try:
-                await asyncio.wait_for(agent.wait(), timeout=10)
-            except TimeoutError:
-                agent.kill()
-                await agent.wait()
+        await stop_process(agent, grace=10)
     print(
         f"changes that woke the agent while idle: {woken['Node']} of its Node, {woken['shadow']} of its "
         f"shadow; still Idle at the end: {'yes' if still_idle else 'NO'}"

@@ -414,33 +414,41 @@ class Replicas:
     """The apiserver Deployment: replicas in processes of their own behind one Service; a killed replica
     is replaced, as its ReplicaSet would."""
 
-    def __init__(self, cluster: ClusterState, kube: KubeClient, stack: contextlib.AsyncExitStack) -> None:
+    def __init__(
+        self,
+        cluster: ClusterState,
+        kube: KubeClient,
+        stack: contextlib.AsyncExitStack,
+        *,
+        drain_seconds: float,
+    ) -> None:
         self._cluster = cluster
         self._kube = kube
         self._stack = stack
+        self._drain_seconds = drain_seconds
         self.service = Service([])
         self.live: list[ApiserverProcess] = []
         self._started = 0
 
-    async def start(self, *, drain_seconds: float) -> None:
+    async def start(self) -> None:
         replica = await self._stack.enter_async_context(
             apiserver_process(
                 self._cluster,
                 self._kube,
                 name=f"brupop-apiserver-{self._started}",
-                drain_seconds=drain_seconds,
+                drain_seconds=self._drain_seconds,
             )
         )
         self._started += 1
         self.live.append(replica)
         self.service.backends.append(replica.port)
 
-    async def kill(self, replica: ApiserverProcess, *, drain_seconds: float) -> None:
+    async def kill(self, replica: ApiserverProcess) -> None:
         replica.kill()
         await replica.process.wait()
         self.live.remove(replica)
         self.service.backends.remove(replica.port)
-        await self.start(drain_seconds=drain_seconds)
+        await self.start()
 
 
 async def _any_spec(kube: KubeClient, state: ShadowState) -> bool:
@@ -458,7 +466,6 @@ async def restart_controller(run: Run) -> None:
 async def kill_apiserver_mid_drain(run: Run) -> None:
     """SIGKILL the replica that is draining a node; the agent's retry must reach the other replica (through
     the Service) and finish the drain there. Tried on later drains if a drain ends before the kill lands."""
-    drain_seconds = SCENARIOS["apiserver-killed"].drain_seconds
     for _ in range(3):
 
         async def draining() -> tuple[ApiserverProcess, str] | None:
@@ -469,7 +476,7 @@ async def kill_apiserver_mid_drain(run: Run) -> None:
             return None
 
         replica, node = await eventually(draining, within=300, what="a drain to start")
-        await run.replicas.kill(replica, drain_seconds=drain_seconds)
+        await run.replicas.kill(replica)
         if replica.logged("drained", node=node):
             continue  # it finished before it died: try again on a later node
 
@@ -641,10 +648,10 @@ async def run_scenario(
         opens_at = (datetime.now(UTC) + timedelta(seconds=scenario.opens_after)).replace(microsecond=0)
         env |= {"SCHEDULER_CRON_EXPRESSION": _one_shot(opens_at), "SCHEDULER_TIMEZONE": "UTC"}
     async with contextlib.AsyncExitStack() as stack:
-        replicas = Replicas(cluster, kube, stack)
+        replicas = Replicas(cluster, kube, stack, drain_seconds=scenario.drain_seconds)
         service = await stack.enter_async_context(replicas.service.running())
         for _ in range(2):
-            await replicas.start(drain_seconds=scenario.drain_seconds)
+            await replicas.start()
         server = apiserver_at(cluster, service.port)
         await install_crd(
             kube, crd_for_local_use(webhook_url=f"{server.url}/crdconvert", ca_pem=server.ca_pem)

@@ -235,6 +235,19 @@ def token_kubeconfig(cluster: ClusterState, path: Path, token: str) -> Path:
     return path
 
 
+async def stop_process(process: asyncio.subprocess.Process, *, grace: float) -> None:
+    """SIGTERM, as the kubelet sends, then SIGKILL after `grace` seconds; nothing if it already exited."""
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), timeout=grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
 @dataclass
 class ApiserverProcess:
     """A `brupop apiserver` replica in a process of its own, which a test can kill outright."""
@@ -295,13 +308,7 @@ async def apiserver_process(
         await _answering(replica.running, alive)
         yield replica
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=35)
-            except TimeoutError:
-                replica.kill()
-                await process.wait()
+        await stop_process(process, grace=35)
 
 
 @contextlib.asynccontextmanager

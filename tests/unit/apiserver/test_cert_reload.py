@@ -25,12 +25,19 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 
 @contextlib.asynccontextmanager
-async def served(context: ssl.SSLContext) -> AsyncIterator[int]:
+async def reloading(certs: Path) -> AsyncIterator[tuple[int, asyncio.Task[None]]]:
+    """An echo server on the pair in `certs`, with the reload watcher checking every 10 ms; yields the
+    server's port and the watcher."""
+    cert, key = certs / "tls.crt", certs / "tls.key"
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    watcher = asyncio.create_task(reload_certificates(context, cert, key, every=0.01))
     server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=context)
     try:
-        yield int(server.sockets[0].getsockname()[1])
+        yield int(server.sockets[0].getsockname()[1]), watcher
     finally:
         server.close()
+        watcher.cancel()
 
 
 async def connect(port: int, ca_file: Path) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
@@ -76,36 +83,22 @@ async def test_a_renewed_certificate_is_served_and_open_connections_survive(
     tls: tuple[CertificateAuthority, Path],
 ) -> None:
     ca, root = tls
-    cert, key = root / "certs" / "tls.crt", root / "certs" / "tls.key"
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
-    watcher = asyncio.create_task(reload_certificates(context, cert, key, every=0.01))
-    try:
-        async with served(context) as port:
-            name, reader, writer = await connect(port, root / "ca.crt")
-            assert name == "first"
-            issue(ca, root / "certs", "renewed")  # what cert-manager does to the mounted Secret
-            assert await until_presented(port, root / "ca.crt", "renewed") == "renewed"
-            assert await round_trip(reader, writer, "still here") == "still here"
-            writer.close()
-    finally:
-        watcher.cancel()
+    async with reloading(root / "certs") as (port, _):
+        name, reader, writer = await connect(port, root / "ca.crt")
+        assert name == "first"
+        issue(ca, root / "certs", "renewed")  # what cert-manager does to the mounted Secret
+        assert await until_presented(port, root / "ca.crt", "renewed") == "renewed"
+        assert await round_trip(reader, writer, "still here") == "still here"
+        writer.close()
 
 
 async def test_a_half_written_pair_is_retried_not_fatal(tls: tuple[CertificateAuthority, Path]) -> None:
     ca, root = tls
-    cert, key = root / "certs" / "tls.crt", root / "certs" / "tls.key"
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
-    watcher = asyncio.create_task(reload_certificates(context, cert, key, every=0.01))
-    try:
-        async with served(context) as port:
-            cert.write_text("-----BEGIN CERTIFICATE-----\ntruncated")  # mid-rotation
-            for _ in range(5):  # a few checks see the broken pair and keep the old certificate
-                assert await presented(port, root / "ca.crt") == "first"
-                await asyncio.sleep(0.02)
-            assert not watcher.done()
-            issue(ca, root / "certs", "renewed")
-            assert await until_presented(port, root / "ca.crt", "renewed") == "renewed"
-    finally:
-        watcher.cancel()
+    async with reloading(root / "certs") as (port, watcher):
+        (root / "certs" / "tls.crt").write_text("-----BEGIN CERTIFICATE-----\ntruncated")  # mid-rotation
+        for _ in range(5):  # a few checks see the broken pair and keep the old certificate
+            assert await presented(port, root / "ca.crt") == "first"
+            await asyncio.sleep(0.02)
+        assert not watcher.done()
+        issue(ca, root / "certs", "renewed")
+        assert await until_presented(port, root / "ca.crt", "renewed") == "renewed"
