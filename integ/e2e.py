@@ -233,7 +233,7 @@ async def follow_shadows(kube: KubeClient, timeline: Timeline, live: TextIO | No
     last_draw = 0.0
     try:
         async for kind, obj in _watch(kube, SHADOWS, NAMESPACE):
-            shadow = BottlerocketShadow.model_validate(obj)
+            shadow = BottlerocketShadow.from_wire(obj)
             node = shadow.name.removeprefix("brs-")
             if kind == "DELETED":
                 latest.pop(node, None)
@@ -267,9 +267,7 @@ def draw(shadows: dict[str, BottlerocketShadow], out: TextIO, *, elapsed: float)
 async def fleet_done(kube: KubeClient, names: list[str], failing: set[str]) -> bool:
     """Every node settled: updated (Idle on NEW) or, if meant to fail, back in Idle with a crash count."""
     items, _ = await kube.list(SHADOWS, namespace=NAMESPACE)
-    shadows = {
-        o["metadata"]["name"].removeprefix("brs-"): BottlerocketShadow.model_validate(o) for o in items
-    }
+    shadows = {o["metadata"]["name"].removeprefix("brs-"): BottlerocketShadow.from_wire(o) for o in items}
     for name in names:
         shadow = shadows.get(name)
         if shadow is None or shadow.status is None or shadow.spec.state is not ShadowState.IDLE:

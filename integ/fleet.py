@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from brupop.kube.client import SHADOWS, ApiError, KubeClient
@@ -63,7 +63,7 @@ async def create_fleet(
 
 
 async def set_status(kube: KubeClient, node: str, status: ShadowStatus) -> Obj:
-    patch = {"apiVersion": API_VERSION_V2, "kind": KIND, "status": status.model_dump(mode="json")}
+    patch = {"apiVersion": API_VERSION_V2, "kind": KIND, "status": status.to_wire()}
     return await kube.merge_patch(
         SHADOWS, shadow_name(node), patch, namespace=NAMESPACE, subresource="status"
     )
@@ -72,9 +72,7 @@ async def set_status(kube: KubeClient, node: str, status: ShadowStatus) -> Obj:
 async def shadows(kube: KubeClient, prefix: str = "") -> list[BottlerocketShadow]:
     items, _ = await kube.list(SHADOWS, namespace=NAMESPACE)
     return [
-        BottlerocketShadow.model_validate(o)
-        for o in items
-        if o["metadata"]["name"].startswith(f"brs-{prefix}")
+        BottlerocketShadow.from_wire(o) for o in items if o["metadata"]["name"].startswith(f"brs-{prefix}")
     ]
 
 
@@ -93,7 +91,7 @@ class Watcher:
         self._observe(items)
         if self.agents:
             for obj in items:
-                await self._act(BottlerocketShadow.model_validate(obj))
+                await self._act(BottlerocketShadow.from_wire(obj))
         while True:
             async for kind, obj in self.kube.watch(SHADOWS, namespace=NAMESPACE, resource_version=version):
                 version = obj.get("metadata", {}).get("resourceVersion", version)
@@ -102,12 +100,12 @@ class Watcher:
                 elif kind in ("ADDED", "MODIFIED"):
                     self._observe([obj])
                     if self.agents:
-                        await self._act(BottlerocketShadow.model_validate(obj))
+                        await self._act(BottlerocketShadow.from_wire(obj))
 
     def _observe(self, objects: list[Obj]) -> None:
         for obj in objects:
             if obj["metadata"]["name"].startswith(f"brs-{self.prefix}"):
-                self.latest[obj["metadata"]["name"]] = BottlerocketShadow.model_validate(obj)
+                self.latest[obj["metadata"]["name"]] = BottlerocketShadow.from_wire(obj)
         self.peak = max(self.peak, sum(is_active(s) for s in self.latest.values()))
 
     async def _act(self, shadow: BottlerocketShadow) -> None:
@@ -127,7 +125,7 @@ class Watcher:
             update.update(crash_count=0, state_transition_failure_timestamp=None)
         node = shadow.name.removeprefix("brs-")
         with contextlib.suppress(ApiError):
-            await set_status(self.kube, node, status.model_copy(update=update))
+            await set_status(self.kube, node, replace(status, **update))
 
 
 @contextlib.asynccontextmanager

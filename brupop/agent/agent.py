@@ -24,12 +24,11 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from brupop.agent.apiclient import ApiserverClient, ApiserverError
 from brupop.agent.host import EAGER, RELAXED, HostClient, HostError, HostUnavailableError, PollPace
@@ -39,6 +38,7 @@ from brupop.models.constants import shadow_name
 from brupop.models.host import CommandStatus, CommandType, UpdateState, UpdateStatus
 from brupop.models.shadow import BottlerocketShadow, ShadowSpec, ShadowState, ShadowStatus
 from brupop.models.timestamp import Timestamp
+from brupop.models.wire import WireError
 from brupop.policy.drain import CORDON_ANNOTATION, CORDONED_BY_BRUPOP
 
 log = structlog.get_logger("brupop.agent")
@@ -149,17 +149,15 @@ class Agent:
         if not objects:
             return None
         try:
-            shadow = BottlerocketShadow.model_validate(objects[0])
-        except ValidationError as err:
-            raise ApiserverError(f"my BottlerocketShadow is invalid: {err.errors()[0]['msg']}") from None
+            shadow = BottlerocketShadow.from_wire(objects[0])
+        except WireError as err:
+            raise ApiserverError(f"my BottlerocketShadow is invalid: {err}") from None
         if (
             self._reported is not None
             and shadow.spec == self._reported[0]
             and shadow.status != self._reported[1]
         ):
-            shadow = shadow.model_copy(
-                update={"status": self._reported[1]}
-            )  # the watch has not caught up yet
+            shadow = replace(shadow, status=self._reported[1])  # the watch has not caught up yet
         return shadow
 
     async def _report(self, spec: ShadowSpec, status: ShadowStatus) -> None:
@@ -199,15 +197,14 @@ class Agent:
             await self._step(spec, status, running)
         except StepError as err:
             self.log.error("update step failed", wanted=spec.state.value, error=str(err))
-            failed = status.model_copy(
-                update={
-                    "current_state": S.ERROR_RESET,
-                    "current_version": await self.host.os_version(),
-                    "crash_count": status.crash_count + 1,
-                    "state_transition_failure_timestamp": Timestamp.from_datetime(self._clock()),
-                }
+            failed = replace(
+                status,
+                current_state=S.ERROR_RESET,
+                current_version=await self.host.os_version(),
+                crash_count=status.crash_count + 1,
+                state_transition_failure_timestamp=Timestamp.from_datetime(self._clock()),
             )
-            await self._report(spec, ShadowStatus.model_validate(failed.model_dump()))
+            await self._report(spec, failed)
             return
         reached: dict[str, Any] = {
             "current_state": spec.state,
@@ -215,7 +212,7 @@ class Agent:
         }
         if spec.state is S.IDLE and status.current_state is S.MONITORING_UPDATE:
             reached.update(crash_count=0, state_transition_failure_timestamp=None)  # a full cycle succeeded
-        await self._report(spec, ShadowStatus.model_validate({**status.model_dump(), **reached}))
+        await self._report(spec, replace(status, **reached))
 
     async def _settled(self, spec: ShadowSpec, status: ShadowStatus, running: str) -> None:
         """Nothing to do for the controller's goal: keep the host tidy and the report current."""
@@ -228,9 +225,9 @@ class Agent:
             if (node["metadata"].get("annotations") or {}).get(CORDON_ANNOTATION) == CORDONED_BY_BRUPOP:
                 await self.api.uncordon()  # never leave a node cordoned by brupop once it is idle
         target = await self._refresh_target(running) if spec.state is S.IDLE else status.target_version
-        fresh = status.model_copy(update={"current_version": running, "target_version": target})
+        fresh = replace(status, current_version=running, target_version=target)
         if fresh != status:
-            await self._report(spec, ShadowStatus.model_validate(fresh.model_dump()))
+            await self._report(spec, fresh)
 
     async def _refresh_target(self, running: str, *, force: bool = False) -> str:
         """The version the host would update to (its chosen update, None when nothing is on offer),

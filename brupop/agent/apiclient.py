@@ -87,7 +87,7 @@ class ApiserverClient:
         await self._call("POST", NODE_RESOURCE, json=selector)
 
     async def update_status(self, status: ShadowStatus) -> None:
-        await self._call("PUT", NODE_RESOURCE, json=status.model_dump(mode="json"))
+        await self._call("PUT", NODE_RESOURCE, json=status.to_wire())
 
     async def cordon_and_drain(self) -> None:
         await self._call("POST", f"{NODE_RESOURCE}/cordon-and-drain")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from pydantic import ValidationError
 
 from brupop.models.host import Command, CommandType, OsInfo, UpdateStatus
+from brupop.models.wire import WireError
 
 ACTIONS = {
     CommandType.REFRESH: "/actions/refresh-updates",
@@ -91,9 +91,9 @@ class HostClient:
         if answer.status_code != 200:
             raise HostError(f"GET /os: {answer.status_code} {answer.text}", status=answer.status_code)
         try:
-            return OsInfo.model_validate_json(answer.content).version_id
-        except ValidationError as err:
-            raise HostError(f"GET /os answered an unexpected body: {err.errors()[0]['msg']}") from None
+            return OsInfo.from_json(answer.content).version_id
+        except WireError as err:
+            raise HostError(f"GET /os answered an unexpected body: {err}") from None
 
     async def status(self) -> UpdateStatus | None:
         """The update status; None before the first command after a boot (404)."""
@@ -162,8 +162,6 @@ def _update_status(answer: httpx.Response) -> UpdateStatus | None:
     if answer.status_code != 200:
         raise HostError(f"GET /updates/status: {answer.status_code} {answer.text}", status=answer.status_code)
     try:
-        return UpdateStatus.model_validate_json(answer.content)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise HostError(f"GET /updates/status answered an unexpected body: {where}: {first['msg']}") from None
+        return UpdateStatus.from_json(answer.content)
+    except WireError as err:
+        raise HostError(f"GET /updates/status answered an unexpected body: {err}") from None

@@ -13,13 +13,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Protocol
 
-from fastapi import Body, Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from brupop.apiserver.auth import NODE_NAME_HEADER, NODE_UID_HEADER, TOKEN_HEADER, AuthError, NodeIdentity
 from brupop.models.conversion import handle_conversion_review
 from brupop.models.shadow import ShadowStatus
+from brupop.models.wire import WireError
 
 NODE_RESOURCE = "/bottlerocket-node-resource"
 # Seconds; drains can legitimately take up to DRAIN_TIMEOUT (30 minutes by default).
@@ -136,10 +137,14 @@ def create_app(
         return await ops.create_shadow(node)
 
     @app.put(NODE_RESOURCE)
-    async def update(node: Caller, status: Annotated[ShadowStatus, Body()]) -> dict[str, Any]:
+    async def update(node: Caller, request: Request) -> Response:
         """Merge-patch this node's shadow status with the (v2) status object in the body."""
+        try:
+            status = ShadowStatus.from_json(await request.body())
+        except WireError as err:
+            return JSONResponse({"error": f"invalid status: {err}"}, status_code=422)
         await ops.update_status(node, status)
-        return status.model_dump(mode="json")
+        return JSONResponse(status.to_wire())
 
     def action(path: str, operation: Callable[[NodeIdentity], Awaitable[None]], summary: str) -> None:
         async def run(node: Caller) -> Response:

@@ -189,7 +189,7 @@ class ClusterNodeOperations:
             return await self._kube.get(SHADOWS, shadow_name(node.name), namespace=self._namespace)
 
     async def update_status(self, node: NodeIdentity, status: ShadowStatus) -> Obj:
-        patch = {"apiVersion": API_VERSION_V2, "kind": KIND, "status": status.model_dump(mode="json")}
+        patch = {"apiVersion": API_VERSION_V2, "kind": KIND, "status": status.to_wire()}
         try:
             return await self._kube.merge_patch(
                 SHADOWS, shadow_name(node.name), patch, namespace=self._namespace, subresource="status"

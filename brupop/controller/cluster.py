@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from brupop.kube.client import EVENTS, LEASES, NODES, SHADOWS, ApiError, KubeClient
 from brupop.kube.informer import Informer, resource_version
 from brupop.kube.leader import LeaseConflictError, micro_time
 from brupop.models.constants import API_VERSION_V2, KIND, UPDATER_INTERFACE_LABEL
 from brupop.models.shadow import BottlerocketShadow, ShadowSpec
+from brupop.models.wire import WireError
 from brupop.policy.rollout import NodeInfo
 
 log = structlog.get_logger("brupop.controller")
@@ -60,14 +60,11 @@ def trim_shadow(shadow: Obj) -> Obj:
     if owners:
         kept["ownerReferences"] = owners
     model: BottlerocketShadow | None
+    wire: Obj = {"metadata": kept, **{k: shadow[k] for k in ("spec", "status") if k in shadow}}
     try:
-        model = BottlerocketShadow.model_validate(
-            {"metadata": kept, **{k: shadow[k] for k in ("spec", "status") if k in shadow}}
-        )
-    except ValidationError as err:
-        log.error(
-            "ignoring an invalid BottlerocketShadow", shadow=kept.get("name"), error=str(err).splitlines()[0]
-        )
+        model = BottlerocketShadow.from_wire(wire)
+    except WireError as err:
+        log.error("ignoring an invalid BottlerocketShadow", shadow=kept.get("name"), error=str(err))
         model = None
     return {"metadata": kept, PARSED: model}
 
@@ -111,7 +108,7 @@ class ClusterFleet:
         return {name: info for name, (_, info) in fresh.items()}
 
     async def write_spec(self, name: str, spec: ShadowSpec) -> None:
-        patch = {"apiVersion": API_VERSION_V2, "kind": KIND, "spec": spec.model_dump(mode="json")}
+        patch = {"apiVersion": API_VERSION_V2, "kind": KIND, "spec": spec.to_wire()}
         try:
             written = await self._kube.merge_patch(SHADOWS, name, patch, namespace=self._namespace)
         except ApiError as err:

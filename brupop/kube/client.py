@@ -1,8 +1,9 @@
 """A thin asyncio client for the Kubernetes REST API, over one pooled httpx connection.
 
-Objects stay plain JSON dicts; callers validate what they need with pydantic models. Verbs are the few the
-programs use: get, list (paged), create (also for subresources such as eviction and token requests),
-JSON merge patch (main resource or a subresource such as `status`), replace, delete, and watch.
+Objects stay plain JSON dicts; callers read what they need through the wire models (`brupop.models.wire`).
+Verbs are the few the programs use: get, list (paged), create (also for subresources such as eviction and
+token requests), JSON merge patch (main resource or a subresource such as `status`), replace, delete, and
+watch.
 """
 
 from __future__ import annotations

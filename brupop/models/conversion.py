@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Final
-
-from pydantic import ValidationError
 
 from brupop.models.constants import API_GROUP, API_VERSION_V1, API_VERSION_V2
 from brupop.models.shadow import BottlerocketShadow, ShadowSpec, ShadowState, ShadowStatus
 from brupop.models.shadow_v1 import BottlerocketShadowV1, ShadowSpecV1, ShadowStateV1, ShadowStatusV1
+from brupop.models.wire import WireError
 
 V1_STATE_ANNOTATION: Final = f"{API_GROUP}/v1-state"
 
@@ -121,7 +121,7 @@ def shadow_to_v1(shadow: BottlerocketShadow) -> BottlerocketShadowV1:
             del metadata["annotations"]
     spec = spec_to_v1(shadow.spec)
     if remembered.get("spec") and shadow.spec.state is ShadowState.STAGED_AND_PERFORMED_UPDATE:
-        spec = spec.model_copy(update={"state": ShadowStateV1.PERFORMED_UPDATE})
+        spec = replace(spec, state=ShadowStateV1.PERFORMED_UPDATE)
     status = status_to_v1(shadow.status) if shadow.status else None
     if (
         status is not None
@@ -129,7 +129,7 @@ def shadow_to_v1(shadow: BottlerocketShadow) -> BottlerocketShadowV1:
         and remembered.get("status")
         and shadow.status.current_state is ShadowState.STAGED_AND_PERFORMED_UPDATE
     ):
-        status = status.model_copy(update={"current_state": ShadowStateV1.PERFORMED_UPDATE})
+        status = replace(status, current_state=ShadowStateV1.PERFORMED_UPDATE)
     return BottlerocketShadowV1(metadata=metadata, spec=spec, status=status)
 
 
@@ -145,11 +145,11 @@ def _remembered_v1_states(raw: object) -> dict[str, bool]:
 
 
 def _up(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return shadow_to_v2(BottlerocketShadowV1.model_validate(obj)).to_wire()
+    return shadow_to_v2(BottlerocketShadowV1.from_wire(obj)).to_wire()
 
 
 def _down(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return shadow_to_v1(BottlerocketShadow.model_validate(obj)).to_wire()
+    return shadow_to_v1(BottlerocketShadow.from_wire(obj)).to_wire()
 
 
 # The pinwheel: versions in order, and the step from each one towards the next (up) or previous (down).
@@ -181,15 +181,9 @@ def convert_object(obj: Mapping[str, Any], desired_api_version: str) -> dict[str
         while (position := VERSIONS.index(result["apiVersion"])) != target:
             step = _STEP_UP if position < target else _STEP_DOWN
             result = step[result["apiVersion"]](result)
-    except ValidationError as err:
-        raise ConversionError(f"invalid {current} BottlerocketShadow: {_first_error(err)}") from None
+    except WireError as err:
+        raise ConversionError(f"invalid {current} BottlerocketShadow: {err}") from None
     return result
-
-
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "object"
-    return f"{location}: {first['msg']} ({err.error_count()} error(s))"
 
 
 def handle_conversion_review(review: Mapping[str, Any]) -> dict[str, Any]:

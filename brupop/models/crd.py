@@ -1,66 +1,69 @@
-"""The BottlerocketShadow CustomResourceDefinition, derived from the pydantic models so the schema the
+"""The BottlerocketShadow CustomResourceDefinition, derived from the wire models so the schema the
 cluster enforces can never drift from what the programs read and write.
 
-Kubernetes wants a *structural* schema: no `$ref`, `nullable: true` instead of `anyOf [X, null]`, no
-`additionalProperties` beside `properties`, no titles. `structural_schema` rewrites pydantic's JSON
-schema into that form.
+Kubernetes wants a *structural* schema: every property typed, `nullable: true` for values that may be
+null. `structural_schema` writes one from a model's fields: their types, constraints and descriptions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from pydantic import BaseModel
+import inspect
+import types
+from enum import Enum
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from brupop.models import constants as c
 from brupop.models.shadow import ShadowSpec, ShadowStatus
 from brupop.models.shadow_v1 import ShadowSpecV1, ShadowStatusV1
+from brupop.models.timestamp import Timestamp
+from brupop.models.wire import Pattern, Range, Wire, wire_fields
 
-_DROPPED_KEYS = frozenset({"title", "default", "additionalProperties"})
+
+def structural_schema(model: type[Wire]) -> dict[str, Any]:
+    """The schema of a flat model (fields of scalars, enums and timestamps) in the form Kubernetes accepts."""
+    schema: dict[str, Any] = {"type": "object", "description": inspect.cleandoc(model.__doc__ or "")}
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for f in wire_fields(model):
+        prop = _value_schema(f.hint)
+        if f.description:
+            prop["description"] = f.description
+        properties[f.key] = prop
+        if f.required or f.schema_required:
+            required.append(f.key)
+    schema["properties"] = properties
+    if required:
+        schema["required"] = required
+    return schema
 
 
-def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema in the structural form Kubernetes accepts."""
-    schema = model.model_json_schema(by_alias=True)
-    definitions: Mapping[str, Any] = schema.pop("$defs", {})
-
-    def rewrite(node: Mapping[str, Any]) -> dict[str, Any]:
-        if "$ref" in node:
-            target = definitions[node["$ref"].rsplit("/", 1)[-1]]
-            extra = {k: v for k, v in node.items() if k != "$ref"}
-            return rewrite({**target, **extra})
-        variants = node.get("anyOf")
-        if variants is not None:
-            rest = [v for v in variants if v.get("type") != "null"]
-            if len(rest) != 1:
-                raise ValueError(f"cannot express anyOf {variants!r} in a structural schema")
-            merged = rewrite(rest[0])
-            merged.update(rewrite({k: v for k, v in node.items() if k != "anyOf"}))
-            if len(rest) < len(variants):
-                merged["nullable"] = True
-            return merged
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            if key in _DROPPED_KEYS:
-                continue
-            if key == "properties":
-                out[key] = {name: rewrite(prop) for name, prop in value.items()}
-            elif key == "items":
-                out[key] = rewrite(value)
-            else:
-                out[key] = value
-        return out
-
-    return rewrite(schema)
+def _value_schema(hint: Any) -> dict[str, Any]:
+    origin = get_origin(hint)
+    if origin is Annotated:
+        base, *marks = get_args(hint)
+        schema = _value_schema(base)
+        for mark in marks:
+            if isinstance(mark, Pattern | Range):
+                schema.update(mark.schema())
+        return schema
+    if origin in (Union, types.UnionType):
+        (present,) = (arg for arg in get_args(hint) if arg is not type(None))
+        return {**_value_schema(present), "nullable": True}
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return {"type": "string", "enum": [member.value for member in hint]}
+    if hint is str or hint is Timestamp:
+        return {"type": "string"}
+    if hint is int:
+        return {"type": "integer"}
+    raise TypeError(f"no CRD schema for {hint!r}")
 
 
 def _version(
     *,
     name: str,
     storage: bool,
-    spec: type[BaseModel],
-    status: type[BaseModel],
+    spec: type[Wire],
+    status: type[Wire],
     with_crash_count: bool,
 ) -> dict[str, Any]:
     status_schema = structural_schema(status)

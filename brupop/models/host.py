@@ -9,12 +9,13 @@ malformed answer fails with a message naming the field.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from brupop.models.timestamp import Timestamp
 from brupop.models.version import Version
+from brupop.models.wire import Extra, Wire
 
 
 class UpdateState(StrEnum):
@@ -37,32 +38,37 @@ class CommandStatus(StrEnum):
     UNKNOWN = "Unknown"
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class _HostWire(Wire):
+    __slots__ = ()
+    EXTRA: ClassVar[Extra] = "ignore"
 
 
-class UpdateImage(_Wire):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateImage(_HostWire):
     arch: str
     version: Version
     variant: str
 
 
-class Partition(_Wire):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Partition(_HostWire):
     image: UpdateImage | None = None
     next_to_boot: bool
 
 
-class Command(_Wire):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command(_HostWire):
     cmd_type: CommandType
     cmd_status: CommandStatus
-    timestamp: datetime = Field(description="When the command finished (RFC 3339, UTC).")
+    timestamp: Timestamp  # when the command finished
     exit_status: int | None = None
     stderr: str | None = None
 
 
-class UpdateStatus(_Wire):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateStatus(_HostWire):
     update_state: UpdateState
-    available_updates: list[Version] = Field(default_factory=list)
+    available_updates: list[Version] = field(default_factory=list)
     chosen_update: UpdateImage | None = None
     active_partition: Partition | None = None
     staging_partition: Partition | None = None
@@ -79,7 +85,8 @@ class UpdateStatus(_Wire):
         return self.chosen_update.version if self.chosen_update is not None else None
 
 
-class OsInfo(_Wire):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OsInfo(_HostWire):
     """`GET /os`: os-release data; brupop needs only `version_id`."""
 
     version_id: Version

@@ -7,14 +7,14 @@ in a JSON merge patch also clears them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Any, ClassVar, Literal
 
 from brupop.models.constants import API_VERSION_V2, KIND
 from brupop.models.timestamp import Timestamp
 from brupop.models.version import Version
+from brupop.models.wire import Extra, Range, Wire, described
 
 UINT32_MAX = 2**32 - 1
 
@@ -29,64 +29,61 @@ class ShadowState(StrEnum):
     ERROR_RESET = "ErrorReset"
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
-
-
-class ShadowSpec(_Wire):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowSpec(Wire):
     """The controller's goal for a node."""
 
     # The Python default builds the initial spec; the cluster still requires `state` to be written.
-    model_config = ConfigDict(json_schema_extra={"required": ["state"]})
-
-    state: ShadowState = Field(
+    state: ShadowState = described(
+        "The state the controller wants the node to reach; only the controller writes it.",
         default=ShadowState.IDLE,
-        description="The state the controller wants the node to reach; only the controller writes it.",
+        schema_required=True,
     )
-    state_transition_timestamp: Timestamp | None = Field(
-        default=None, description="When the controller set this state (RFC 3339)."
+    state_transition_timestamp: Timestamp | None = described(
+        "When the controller set this state (RFC 3339).", default=None
     )
-    version: Version | None = Field(
-        default=None, description="The Bottlerocket version the node is being updated to."
+    version: Version | None = described(
+        "The Bottlerocket version the node is being updated to.", default=None
     )
 
 
 DEFAULT_SPEC = ShadowSpec()
 
 
-class ShadowStatus(_Wire):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowStatus(Wire):
     """What the agent last reported about its node."""
 
-    current_version: Version = Field(description="The Bottlerocket version the node runs now.")
-    target_version: Version = Field(
-        description="The version the host's update API chose, or current_version when none is on offer."
+    current_version: Version = described("The Bottlerocket version the node runs now.")
+    target_version: Version = described(
+        "The version the host's update API chose, or current_version when none is on offer."
     )
-    current_state: ShadowState = Field(description="The state the agent has reached.")
-    crash_count: Annotated[int, Field(ge=0, le=UINT32_MAX)] = Field(
-        description="Consecutive failed update attempts.", json_schema_extra={"format": "uint32"}
+    current_state: ShadowState = described("The state the agent has reached.")
+    crash_count: Annotated[int, Range(0, UINT32_MAX, "uint32")] = described(
+        "Consecutive failed update attempts."
     )
-    state_transition_failure_timestamp: Timestamp | None = Field(
-        default=None, description="When the last update attempt failed (RFC 3339)."
+    state_transition_failure_timestamp: Timestamp | None = described(
+        "When the last update attempt failed (RFC 3339).", default=None
     )
 
     def update_available(self) -> bool:
         return self.current_version != self.target_version
 
 
-class BottlerocketShadow(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BottlerocketShadow(Wire):
     """A whole v2 object. `metadata` is kept as the cluster sent it."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    EXTRA: ClassVar[Extra] = "ignore"
 
-    api_version: Literal["brupop.bottlerocket.aws/v2"] = Field(default=API_VERSION_V2, alias="apiVersion")
+    api_version: Literal["brupop.bottlerocket.aws/v2"] = field(
+        default=API_VERSION_V2, metadata={"key": "apiVersion"}
+    )
     kind: Literal["BottlerocketShadow"] = KIND
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    spec: ShadowSpec = Field(default_factory=ShadowSpec)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    spec: ShadowSpec = field(default_factory=ShadowSpec)
     status: ShadowStatus | None = None
 
     @property
     def name(self) -> str:
         return str(self.metadata.get("name", ""))
-
-    def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)

@@ -3,14 +3,14 @@ staging and activation into two states and has no crash tracking."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, ClassVar, Literal
 
 from brupop.models.constants import API_VERSION_V1, KIND
 from brupop.models.timestamp import Timestamp
 from brupop.models.version import Version
+from brupop.models.wire import Extra, Wire, described
 
 
 class ShadowStateV1(StrEnum):
@@ -21,34 +21,36 @@ class ShadowStateV1(StrEnum):
     MONITORING_UPDATE = "MonitoringUpdate"
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowSpecV1(Wire):
+    """The controller's goal for a node (v1)."""
 
-
-class ShadowSpecV1(_Wire):
-    model_config = ConfigDict(json_schema_extra={"required": ["state"]})
-
-    state: ShadowStateV1 = Field(default=ShadowStateV1.IDLE, description="The state the controller wants.")
-    state_transition_timestamp: Timestamp | None = Field(
-        default=None, description="When the controller set this state (RFC 3339)."
+    state: ShadowStateV1 = described(
+        "The state the controller wants.", default=ShadowStateV1.IDLE, schema_required=True
     )
-    version: Version | None = Field(default=None, description="The version the node is being updated to.")
+    state_transition_timestamp: Timestamp | None = described(
+        "When the controller set this state (RFC 3339).", default=None
+    )
+    version: Version | None = described("The version the node is being updated to.", default=None)
 
 
-class ShadowStatusV1(_Wire):
-    current_version: Version = Field(description="The Bottlerocket version the node runs now.")
-    target_version: Version = Field(description="The version the host's update API chose.")
-    current_state: ShadowStateV1 = Field(description="The state the agent has reached.")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowStatusV1(Wire):
+    """What the agent last reported about its node (v1)."""
+
+    current_version: Version = described("The Bottlerocket version the node runs now.")
+    target_version: Version = described("The version the host's update API chose.")
+    current_state: ShadowStateV1 = described("The state the agent has reached.")
 
 
-class BottlerocketShadowV1(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BottlerocketShadowV1(Wire):
+    EXTRA: ClassVar[Extra] = "ignore"
 
-    api_version: Literal["brupop.bottlerocket.aws/v1"] = Field(default=API_VERSION_V1, alias="apiVersion")
+    api_version: Literal["brupop.bottlerocket.aws/v1"] = field(
+        default=API_VERSION_V1, metadata={"key": "apiVersion"}
+    )
     kind: Literal["BottlerocketShadow"] = KIND
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    spec: ShadowSpecV1 = Field(default_factory=ShadowSpecV1)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    spec: ShadowSpecV1 = field(default_factory=ShadowSpecV1)
     status: ShadowStatusV1 | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)

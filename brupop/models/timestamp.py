@@ -10,11 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
-
-from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import core_schema
 
 _RFC3339 = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d{1,9}))?"
@@ -65,28 +60,3 @@ class Timestamp:
 
     def __str__(self) -> str:
         return self.text
-
-    @classmethod
-    def _validate(cls, value: Any) -> Timestamp:
-        if isinstance(value, Timestamp):
-            return value
-        if isinstance(value, datetime):
-            return cls.from_datetime(value)
-        if isinstance(value, str):
-            return cls.parse(value)
-        raise ValueError(f"expected an RFC 3339 timestamp string, got {type(value).__name__}")
-
-    @classmethod
-    def __get_pydantic_core_schema__(
-        cls, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            cls._validate,
-            serialization=core_schema.plain_serializer_function_ser_schema(str, when_used="always"),
-        )
-
-    @classmethod
-    def __get_pydantic_json_schema__(
-        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        return {"type": "string"}

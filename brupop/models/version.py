@@ -2,7 +2,7 @@
 
 from typing import Annotated, Final
 
-from pydantic import StringConstraints
+from brupop.models.wire import Pattern
 
 _IDENT = r"(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)"
 SEMVER_PATTERN: Final = (
@@ -11,5 +11,5 @@ SEMVER_PATTERN: Final = (
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
 
-Version = Annotated[str, StringConstraints(pattern=SEMVER_PATTERN)]
+Version = Annotated[str, Pattern(SEMVER_PATTERN)]
 """A semver string such as `1.20.3` (no leading `v`)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from brupop.models.host import (
     UpdateState,
     UpdateStatus,
 )
+from brupop.models.timestamp import Timestamp
 from integ.hostsim.repository import Repository
 
 LOCK_HELD = "Update lock held"
@@ -143,7 +144,7 @@ class SimulatedHost:
         return self.status
 
     def update_status(self) -> UpdateStatus | None:
-        return None if self.status is None else UpdateStatus.model_validate(self.status)
+        return None if self.status is None else UpdateStatus(**self.status)
 
     @property
     def locked(self) -> bool:
@@ -182,7 +183,7 @@ class SimulatedHost:
         status = self.update_status()
         if status is None:
             return _text(404, UNINITIALIZED)
-        return _json(status.model_dump(mode="json"))
+        return _json(status.to_wire())
 
     def _command(self, command: CommandType) -> Response:
         if self.locked:
@@ -217,7 +218,7 @@ class SimulatedHost:
         status["most_recent_command"] = Command(
             cmd_type=command,
             cmd_status=CommandStatus.FAILED if failure else CommandStatus.SUCCESS,
-            timestamp=self.clock(),
+            timestamp=Timestamp.from_datetime(self.clock()),
             exit_status=exit_status,
             stderr=stderr,
         )
@@ -242,16 +243,12 @@ class SimulatedHost:
             status["staging_partition"] = Partition(image=chosen, next_to_boot=False)
             status["update_state"] = UpdateState.STAGED
         elif command is CommandType.ACTIVATE:
-            status["staging_partition"] = status["staging_partition"].model_copy(
-                update={"next_to_boot": True}
-            )
-            status["active_partition"] = status["active_partition"].model_copy(update={"next_to_boot": False})
+            status["staging_partition"] = replace(status["staging_partition"], next_to_boot=True)
+            status["active_partition"] = replace(status["active_partition"], next_to_boot=False)
             status["update_state"] = UpdateState.READY
         else:
-            status["staging_partition"] = status["staging_partition"].model_copy(
-                update={"next_to_boot": False}
-            )
-            status["active_partition"] = status["active_partition"].model_copy(update={"next_to_boot": True})
+            status["staging_partition"] = replace(status["staging_partition"], next_to_boot=False)
+            status["active_partition"] = replace(status["active_partition"], next_to_boot=True)
             status["update_state"] = UpdateState.STAGED
 
     def _reboot(self) -> Response:

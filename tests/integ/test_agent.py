@@ -40,7 +40,7 @@ async def shadow_of(kube: KubeClient, node: str) -> BottlerocketShadow | None:
     items, _ = await kube.list(
         SHADOWS, namespace=NAMESPACE, field_selector=f"metadata.name={shadow_name(node)}"
     )
-    return BottlerocketShadow.model_validate(items[0]) if items else None
+    return BottlerocketShadow.from_wire(items[0]) if items else None
 
 
 async def reached(kube: KubeClient, node: str, state: ShadowState, version: str | None = None) -> bool:

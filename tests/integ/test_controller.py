@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -149,9 +150,7 @@ async def test_backoff_in_whole_minutes_and_crash_count_order(
         # bo-b finishes; bo-a is still inside its back-off.
         b = (await shadows(kube, "bo-b"))[0]
         assert b.status is not None
-        await set_status(
-            kube, "bo-b", b.status.model_copy(update={"current_version": "1.1.0", "target_version": "1.1.0"})
-        )
+        await set_status(kube, "bo-b", replace(b.status, current_version="1.1.0", target_version="1.1.0"))
         await kube.merge_patch(
             SHADOWS, shadow_name("bo-b"), {"spec": {"state": "Idle", "version": None}}, namespace=NAMESPACE
         )

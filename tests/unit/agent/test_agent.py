@@ -10,6 +10,7 @@ would.
 import asyncio
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ class FakeApiserver(ApiserverClient):
 
     @property
     def status(self) -> ShadowStatus | None:
-        return None if self.shadow is None else BottlerocketShadow.model_validate(self.shadow).status
+        return None if self.shadow is None else BottlerocketShadow.from_wire(self.shadow).status
 
     @property
     def cordoned(self) -> bool:
@@ -114,7 +115,7 @@ class FakeApiserver(ApiserverClient):
     def want(self, state: ShadowState, version: str | None) -> None:
         """The controller's part."""
         assert self.shadow is not None
-        spec = ShadowSpec(state=state, version=version).model_dump(mode="json")
+        spec = ShadowSpec(state=state, version=version).to_wire()
         if self.shadow["spec"] != spec:
             self.shadow["spec"] = spec
             self.write(self.shadow)
@@ -122,11 +123,11 @@ class FakeApiserver(ApiserverClient):
     def set_status(self, **changes: Any) -> None:
         """Put the node somewhere in its cycle without walking there."""
         assert self.status is not None
-        self.shadow_status(self.status.model_copy(update=changes))
+        self.shadow_status(replace(self.status, **changes))
 
     def shadow_status(self, status: ShadowStatus) -> None:
         assert self.shadow is not None
-        self.shadow["status"] = status.model_dump(mode="json")
+        self.shadow["status"] = status.to_wire()
         self.write(self.shadow)
 
     def cordon(self, by: str) -> None:
@@ -326,13 +327,12 @@ def step_failure(logs: list[MutableMapping[str, Any]]) -> str:
 
 def failed(previous: ShadowStatus, *, on: str = OLD) -> ShadowStatus:
     """What the agent reports after a failed step."""
-    return previous.model_copy(
-        update={
-            "current_state": S.ERROR_RESET,
-            "current_version": on,
-            "crash_count": previous.crash_count + 1,
-            "state_transition_failure_timestamp": Timestamp.from_datetime(NOW),
-        }
+    return replace(
+        previous,
+        current_state=S.ERROR_RESET,
+        current_version=on,
+        crash_count=previous.crash_count + 1,
+        state_transition_failure_timestamp=Timestamp.from_datetime(NOW),
     )
 
 

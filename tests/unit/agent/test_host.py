@@ -96,7 +96,7 @@ async def test_run_returns_only_once_the_command_has_finished(
 async def test_run_waits_for_a_new_command_not_the_previous_one_of_the_same_type(client: HostClient) -> None:
     first = await client.run(CommandType.REFRESH)
     second = await client.run(CommandType.REFRESH)
-    assert second.timestamp > first.timestamp
+    assert second.timestamp.instant > first.timestamp.instant
 
 
 async def test_a_failed_command_comes_back_with_its_signed_exit_status(

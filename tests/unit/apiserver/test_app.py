@@ -93,7 +93,7 @@ async def test_status_update_validates_and_echoes(client: httpx.AsyncClient, ops
     answer = await client.put("/bottlerocket-node-resource", headers=HEADERS, json=STATUS)
     assert answer.status_code == 200
     assert answer.json() == STATUS
-    assert ops.calls[0][2] == ShadowStatus.model_validate(STATUS)
+    assert ops.calls[0][2] == ShadowStatus.from_wire(STATUS)
 
 
 @pytest.mark.parametrize(

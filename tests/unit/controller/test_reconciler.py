@@ -1,4 +1,5 @@
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -33,7 +34,7 @@ class Fleet:
         return {n: NodeInfo(name=n, uid="u", labels=LABELS) for n in names}
 
     async def write_spec(self, name: str, spec: ShadowSpec) -> None:
-        self.by_name[name] = self.by_name[name].model_copy(update={"spec": spec})
+        self.by_name[name] = replace(self.by_name[name], spec=spec)
 
     async def delete_shadow(self, name: str) -> None:
         self.deleted.append(name)
@@ -90,9 +91,7 @@ async def test_failures_are_announced_as_warnings_and_backoff_sets_the_deadline(
     # The agent recovers; the node now waits out its back-off, which becomes the next deadline.
     recovered = fleet.by_name["brs-f"]
     assert recovered.status is not None
-    fleet.by_name["brs-f"] = recovered.model_copy(
-        update={"status": recovered.status.model_copy(update={"current_state": S.IDLE})}
-    )
+    fleet.by_name["brs-f"] = replace(recovered, status=replace(recovered.status, current_state=S.IDLE))
     assert await r.reconcile_once() == NOW + timedelta(minutes=3)
 
 

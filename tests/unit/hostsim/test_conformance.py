@@ -48,7 +48,7 @@ async def run(http: httpx.AsyncClient, action: str) -> UpdateStatus:
     answer = await http.post(f"/actions/{action}")
     assert answer.status_code == 204, answer.text
     assert answer.content == b""
-    return UpdateStatus.model_validate_json((await settle(http)).content)
+    return UpdateStatus.from_json((await settle(http)).content)
 
 
 async def test_status_is_absent_until_the_first_command(fleet: Fleet) -> None:
@@ -70,7 +70,7 @@ async def test_a_rejected_first_command_still_initializes_the_status(fleet: Flee
             409,
             "Update action not allowed according to update state",
         )
-        status = UpdateStatus.model_validate_json((await http.get("/updates/status")).content)
+        status = UpdateStatus.from_json((await http.get("/updates/status")).content)
         assert status.update_state is UpdateState.IDLE
         assert status.most_recent_command is None
         assert status.active_partition is not None
@@ -163,7 +163,7 @@ async def test_the_lock_makes_everything_423_while_a_command_runs(fleet: Fleet) 
             answer = await http.post(f"/actions/{action}")
             assert (answer.status_code, answer.text) == (423, "Update lock held")  # lock before state
         assert (await http.get("/os")).status_code == 200  # /os takes no lock
-        finished = UpdateStatus.model_validate_json((await settle(http)).content)
+        finished = UpdateStatus.from_json((await settle(http)).content)
         assert finished.update_state is UpdateState.STAGED
 
 
@@ -184,7 +184,7 @@ async def test_background_failures_are_reported_and_keep_the_state(fleet: Fleet,
         for step in steps:
             await run(http, step)
         current = await http.get("/updates/status")
-        before = UpdateStatus.model_validate_json(current.content).update_state if steps else UpdateState.IDLE
+        before = UpdateStatus.from_json(current.content).update_state if steps else UpdateState.IDLE
         host.faults.failing[CommandType(command)] = (-9, "updog: killed")
         action = {
             "refresh": "refresh-updates",

@@ -44,11 +44,11 @@ def test_state_mapping_matches_the_rust_brupop() -> None:
 
 def test_spec_conversion_copies_timestamp_and_version() -> None:
     assert spec_to_v2(ShadowSpecV1()) == ShadowSpec()
-    v1 = ShadowSpecV1.model_validate(
+    v1 = ShadowSpecV1.from_wire(
         {"state": "StagedUpdate", "state_transition_timestamp": STAMP, "version": "1.2.3"}
     )
     v2 = spec_to_v2(v1)
-    assert v2.model_dump(mode="json") == {
+    assert v2.to_wire() == {
         "state": "StagedAndPerformedUpdate",
         "state_transition_timestamp": STAMP,
         "version": "1.2.3",
@@ -60,7 +60,7 @@ def test_status_conversion_adds_and_drops_crash_tracking() -> None:
     v1 = ShadowStatusV1(current_version="1.0.0", target_version="1.1.0", current_state=ShadowStateV1.IDLE)
     v2 = status_to_v2(v1)
     assert (v2.crash_count, v2.state_transition_failure_timestamp) == (0, None)
-    failing = ShadowStatus.model_validate(
+    failing = ShadowStatus.from_wire(
         {
             "current_version": "1.0.0",
             "target_version": "1.1.0",
@@ -69,7 +69,7 @@ def test_status_conversion_adds_and_drops_crash_tracking() -> None:
             "state_transition_failure_timestamp": STAMP,
         }
     )
-    assert status_to_v1(failing).model_dump(mode="json") == {
+    assert status_to_v1(failing).to_wire() == {
         "current_version": "1.0.0",
         "target_version": "1.1.0",
         "current_state": "MonitoringUpdate",

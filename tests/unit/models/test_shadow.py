@@ -1,8 +1,8 @@
 import pytest
-from pydantic import ValidationError
 
 from brupop.models.constants import shadow_name
 from brupop.models.shadow import DEFAULT_SPEC, BottlerocketShadow, ShadowState, ShadowStatus
+from brupop.models.wire import WireError
 
 WIRE = {
     "apiVersion": "brupop.bottlerocket.aws/v2",
@@ -24,7 +24,7 @@ WIRE = {
 
 
 def test_wire_object_round_trips_unchanged() -> None:
-    parsed = BottlerocketShadow.model_validate(WIRE)
+    parsed = BottlerocketShadow.from_wire(WIRE)
     assert parsed.spec.state is ShadowState.STAGED_AND_PERFORMED_UPDATE
     assert parsed.status is not None
     assert parsed.status.update_available()
@@ -33,12 +33,12 @@ def test_wire_object_round_trips_unchanged() -> None:
 
 
 def test_default_spec_serialises_nulls_so_a_merge_patch_clears_fields() -> None:
-    assert DEFAULT_SPEC.model_dump(mode="json") == {
+    assert DEFAULT_SPEC.to_wire() == {
         "state": "Idle",
         "state_transition_timestamp": None,
         "version": None,
     }
-    assert BottlerocketShadow.model_validate({"metadata": {"name": "x"}, "spec": {}}).status is None
+    assert BottlerocketShadow.from_wire({"metadata": {"name": "x"}, "spec": {}}).status is None
 
 
 @pytest.mark.parametrize(
@@ -55,21 +55,21 @@ def test_default_spec_serialises_nulls_so_a_merge_patch_clears_fields() -> None:
 )
 def test_bad_status_fields_are_named(field: str, value: object, fragment: str) -> None:
     body = {**WIRE["status"], field: value}  # type: ignore[dict-item]
-    with pytest.raises(ValidationError) as info:
-        ShadowStatus.model_validate(body)
+    with pytest.raises(WireError) as info:
+        ShadowStatus.from_wire(body)
     assert fragment in str(info.value)
 
 
 @pytest.mark.parametrize("version", ["1.2.3", "0.0.0", "1.2.3-rc.1", "1.2.3+build.5", "10.20.30-alpha-1.x+b"])
 def test_semver_versions_are_accepted(version: str) -> None:
-    status = ShadowStatus.model_validate({**WIRE["status"], "current_version": version})  # type: ignore[dict-item]
+    status = ShadowStatus.from_wire({**WIRE["status"], "current_version": version})  # type: ignore[dict-item]
     assert status.current_version == version
 
 
 @pytest.mark.parametrize("version", ["01.2.3", "1.2.3-", "1.2.3-01", "1.2", "1.2.3.4", ""])
 def test_non_semver_versions_are_rejected(version: str) -> None:
-    with pytest.raises(ValidationError):
-        ShadowStatus.model_validate({**WIRE["status"], "current_version": version})  # type: ignore[dict-item]
+    with pytest.raises(WireError):
+        ShadowStatus.from_wire({**WIRE["status"], "current_version": version})  # type: ignore[dict-item]
 
 
 def test_shadow_name_prefixes_the_node_name() -> None:

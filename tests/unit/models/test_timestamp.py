@@ -3,13 +3,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel
 
 from brupop.models.timestamp import Timestamp
-
-
-class Holder(BaseModel):
-    at: Timestamp | None = None
 
 
 @pytest.mark.parametrize(
@@ -52,17 +47,6 @@ def test_from_datetime_writes_the_chrono_form() -> None:
 def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
         Timestamp.from_datetime(datetime(2024, 5, 1))
-
-
-def test_pydantic_field_round_trips_text_and_accepts_datetimes() -> None:
-    text = "2022-07-09T19:32:38.609610964+00:00"
-    assert Holder.model_validate({"at": text}).model_dump(mode="json") == {"at": text}
-    assert Holder(at=datetime(2024, 1, 1, tzinfo=UTC)).model_dump(mode="json") == {  # type: ignore[arg-type]
-        "at": "2024-01-01T00:00:00.000000000+00:00"
-    }
-    with pytest.raises(ValueError, match="RFC 3339 timestamp string"):
-        Holder.model_validate({"at": 12})
-    assert Holder.model_json_schema()["properties"]["at"]["anyOf"][0] == {"type": "string"}
 
 
 @given(st.datetimes(timezones=st.just(UTC)))

@@ -1,10 +1,11 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from brupop.models.shadow import BottlerocketShadow, ShadowState, ShadowStatus
+from brupop.models.shadow import BottlerocketShadow, ShadowState
 from brupop.models.timestamp import Timestamp
 from brupop.policy.rollout import (
     ConcurrencyError,
@@ -201,7 +202,7 @@ def apply(
     for s in shadows:
         if s.name in deletions:
             continue
-        out.append(s.model_copy(update={"spec": result_changes.get(s.name, s.spec)}))
+        out.append(replace(s, spec=result_changes.get(s.name, s.spec)))
     return out
 
 
@@ -211,12 +212,11 @@ def agent_step(s: BottlerocketShadow, outcome: str, now: datetime) -> Bottlerock
     if status is None or status.current_state is s.spec.state or outcome == "wait":
         return s
     if outcome == "fail" and s.spec.state is not S.IDLE:
-        new = status.model_copy(
-            update={
-                "current_state": S.ERROR_RESET,
-                "crash_count": status.crash_count + 1,
-                "state_transition_failure_timestamp": Timestamp.from_datetime(now),
-            }
+        new = replace(
+            status,
+            current_state=S.ERROR_RESET,
+            crash_count=status.crash_count + 1,
+            state_transition_failure_timestamp=Timestamp.from_datetime(now),
         )
     else:
         update: dict[str, object] = {"current_state": s.spec.state}
@@ -224,8 +224,8 @@ def agent_step(s: BottlerocketShadow, outcome: str, now: datetime) -> Bottlerock
             update["current_version"] = s.spec.version
         if status.current_state is S.MONITORING_UPDATE:
             update.update(crash_count=0, state_transition_failure_timestamp=None)
-        new = status.model_copy(update=update)
-    return s.model_copy(update={"status": ShadowStatus.model_validate(new.model_dump())})
+        new = replace(status, **update)
+    return replace(s, status=new)
 
 
 @settings(max_examples=60, deadline=None)

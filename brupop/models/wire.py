@@ -1,0 +1,265 @@
+"""Wire models: frozen dataclasses read from JSON and written back, checked as the CRD checks them.
+
+Why not pydantic: the agent runs on every node under a 50Mi limit, and pydantic costs it 9 MiB (4 for the
+pydantic-core library, 5 for the machinery the first model builds) out of about 42. The few shapes brupop
+exchanges (the shadow's spec and status, the host's update status) need only what is here: a model is a
+dataclass subclassing `Wire`, and its field types say everything: str, int, bool, string enums, `Literal`,
+`X | None`, `list[X]`, `dict[str, Any]`, nested models, `Timestamp`, and `Annotated` constraints
+(`Pattern`, `Range`). The agent, the controller and the apiserver read with this one reader, so they agree on
+what a valid object is, and `crd.py` derives the cluster's schema from the same fields.
+
+Reading (`from_wire`, `from_json`) checks everything and raises `WireError` naming the first bad field by its
+dotted path. Constructing a model in code checks nothing beyond what mypy checks: input from outside the
+process always comes through the reader.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from enum import Enum
+from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin, get_type_hints
+
+from brupop.models.timestamp import Timestamp
+
+Reader = Callable[[object, str], Any]
+Extra = Literal["forbid", "ignore"]
+
+
+class WireError(ValueError):
+    """A value that does not fit its model; `location` is the dotted path of the field (`object` for the
+    whole value)."""
+
+    def __init__(self, location: str, message: str) -> None:
+        super().__init__(f"{location}: {message}")
+        self.location = location
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """`Annotated[str, Pattern(regex)]`: the whole string must match (as the CRD's `pattern` in Go's RE2)."""
+
+    regex: str
+
+    def check(self, value: str, location: str) -> None:
+        if re.fullmatch(self.regex, value) is None:
+            raise WireError(location, f"{value!r} does not match {self.regex}")
+
+    def schema(self) -> dict[str, Any]:
+        return {"pattern": self.regex}
+
+
+@dataclass(frozen=True)
+class Range:
+    """`Annotated[int, Range(low, high)]`: bounds included; `format` is the schema's name for the range."""
+
+    low: int
+    high: int
+    format: str
+
+    def check(self, value: int, location: str) -> None:
+        if not self.low <= value <= self.high:
+            raise WireError(location, f"{value} is outside {self.low}..{self.high}")
+
+    def schema(self) -> dict[str, Any]:
+        return {"format": self.format, "minimum": self.low, "maximum": self.high}
+
+
+def described(text: str, /, **options: Any) -> Any:
+    """A field with the description the CRD schema shows. `options` are `dataclasses.field`'s, plus
+    `key` (the JSON key, when it is not the field's name) and `schema_required` (the cluster requires the
+    key even though the field has a Python default)."""
+    key = options.pop("key", None)
+    schema_required = options.pop("schema_required", False)
+    return field(metadata={"description": text, "key": key, "schema_required": schema_required}, **options)
+
+
+@dataclass(frozen=True, slots=True)
+class WireField:
+    name: str
+    key: str
+    hint: Any
+    read: Reader
+    required: bool
+    description: str | None
+    schema_required: bool
+
+
+class Wire:
+    """Base of the wire models. `EXTRA` says what an unknown key is: an error (`forbid`, for what the
+    cluster stores, as its schema prunes nothing we write) or ignored (`ignore`, for the host's answers and
+    whole Kubernetes objects, which carry more than brupop reads)."""
+
+    __slots__ = ()
+    EXTRA: ClassVar[Extra] = "forbid"
+
+    @classmethod
+    def from_wire(cls, data: object, *, at: str = "") -> Self:
+        if not isinstance(data, Mapping):
+            raise WireError(at or "object", f"expected an object, got {_kind(data)}")
+        model_fields = wire_fields(cls)
+        if cls.EXTRA == "forbid":
+            unknown = sorted(set(data) - {f.key for f in model_fields})
+            if unknown:
+                raise WireError(_join(at, str(unknown[0])), "unknown field")
+        values: dict[str, Any] = {}
+        for f in model_fields:
+            location = _join(at, f.key)
+            if f.key in data:
+                values[f.name] = f.read(data[f.key], location)
+            elif f.required:
+                raise WireError(location, "required field missing")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        try:
+            data = json.loads(raw)
+        except ValueError as err:
+            raise WireError("object", f"not JSON ({err})") from None
+        return cls.from_wire(data)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Every field under its JSON key, absent values as null (which a merge patch reads as delete)."""
+        return {f.key: _dump(getattr(self, f.name)) for f in wire_fields(type(self))}
+
+
+_FIELDS: dict[type[Wire], tuple[WireField, ...]] = {}
+
+
+def wire_fields(model: type[Wire]) -> tuple[WireField, ...]:
+    """The model's fields with their readers, worked out once per class."""
+    known = _FIELDS.get(model)
+    if known is None:
+        hints = get_type_hints(model, include_extras=True)
+        known = _FIELDS[model] = tuple(
+            WireField(
+                name=f.name,
+                key=f.metadata.get("key") or f.name,
+                hint=hints[f.name],
+                read=_reader(hints[f.name]),
+                required=f.default is MISSING and f.default_factory is MISSING,
+                description=f.metadata.get("description"),
+                schema_required=bool(f.metadata.get("schema_required")),
+            )
+            for f in fields(model)  # type: ignore[arg-type]  # every Wire subclass is a dataclass
+        )
+    return known
+
+
+def _reader(hint: Any) -> Reader:
+    origin = get_origin(hint)
+    if origin is Annotated:
+        base, *marks = get_args(hint)
+        return _constrained(_reader(base), marks)
+    if origin in (Union, types.UnionType):
+        present = [arg for arg in get_args(hint) if arg is not type(None)]
+        if len(present) != 1:
+            raise TypeError(f"only `X | None` unions are supported, not {hint!r}")
+        inner = _reader(present[0])
+        return lambda value, at: None if value is None else inner(value, at)
+    if origin is Literal:
+        return _literal(get_args(hint))
+    if origin is list:
+        return _list(_reader(get_args(hint)[0]))
+    if origin is dict:
+        return _typed(dict, "an object")
+    if isinstance(hint, type):
+        if issubclass(hint, Wire):
+            return lambda value, at: hint.from_wire(value, at=at)
+        if issubclass(hint, Enum):
+            return _enum(hint)
+        if hint is Timestamp:
+            return _timestamp
+        if hint in _SCALARS:
+            return _typed(hint, _SCALARS[hint])
+    raise TypeError(f"no wire reader for {hint!r}")
+
+
+_SCALARS: dict[type, str] = {str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _typed(kind: type, expected: str) -> Reader:
+    def read(value: object, at: str) -> Any:
+        # bool is an int in Python, but not in JSON.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise WireError(at, f"expected {expected}, got {_kind(value)}")
+        return value
+
+    return read
+
+
+def _constrained(read: Reader, marks: list[Any]) -> Reader:
+    checks = [mark for mark in marks if isinstance(mark, Pattern | Range)]
+
+    def constrained(value: object, at: str) -> Any:
+        parsed = read(value, at)
+        for check in checks:
+            check.check(parsed, at)
+        return parsed
+
+    return constrained
+
+
+def _literal(allowed: tuple[Any, ...]) -> Reader:
+    def read(value: object, at: str) -> Any:
+        if value not in allowed:
+            raise WireError(at, f"expected {' or '.join(map(repr, allowed))}, got {value!r}")
+        return value
+
+    return read
+
+
+def _list(read_item: Reader) -> Reader:
+    def read(value: object, at: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise WireError(at, f"expected a list, got {_kind(value)}")
+        return [read_item(item, f"{at}.{index}") for index, item in enumerate(value)]
+
+    return read
+
+
+def _enum(kind: type[Enum]) -> Reader:
+    by_value = {member.value: member for member in kind}
+
+    def read(value: object, at: str) -> Enum:
+        try:
+            return by_value[value]
+        except (KeyError, TypeError):
+            expected = ", ".join(repr(v) for v in by_value)
+            raise WireError(at, f"expected one of {expected}, got {value!r}") from None
+
+    return read
+
+
+def _timestamp(value: object, at: str) -> Timestamp:
+    if not isinstance(value, str):
+        raise WireError(at, f"expected an RFC 3339 timestamp string, got {_kind(value)}")
+    try:
+        return Timestamp.parse(value)
+    except ValueError as err:
+        raise WireError(at, str(err)) from None
+
+
+def _dump(value: object) -> Any:
+    if isinstance(value, Wire):
+        return value.to_wire()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Timestamp):
+        return value.text
+    if isinstance(value, list):
+        return [_dump(item) for item in value]
+    return value
+
+
+def _join(at: str, key: str) -> str:
+    return f"{at}.{key}" if at else key
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
