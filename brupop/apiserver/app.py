@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from brupop.apiserver.auth import NODE_NAME_HEADER, NODE_UID_HEADER, TOKEN_HEADER, AuthError, NodeIdentity
 from brupop.models.conversion import handle_conversion_review
+from brupop.models.crd import structural_schema
 from brupop.models.shadow import ShadowStatus
 from brupop.models.wire import WireError
 
@@ -136,7 +137,13 @@ def create_app(
         """Create this node's BottlerocketShadow (or return the existing one). The body is ignored."""
         return await ops.create_shadow(node)
 
-    @app.put(NODE_RESOURCE)
+    # The body is read by the wire models, not by FastAPI; its schema is declared for the OpenAPI document.
+    status_body = {
+        "required": True,
+        "content": {"application/json": {"schema": structural_schema(ShadowStatus)}},
+    }
+
+    @app.put(NODE_RESOURCE, openapi_extra={"requestBody": status_body})
     async def update(node: Caller, request: Request) -> Response:
         """Merge-patch this node's shadow status with the (v2) status object in the body."""
         try:
