@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check brupop integ tests benchmarks
 
 type: $(STAMP)
-	$(BIN)/mypy brupop
+	$(BIN)/mypy brupop integ benchmarks
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q --cov=brupop --cov-report=term

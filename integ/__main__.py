@@ -49,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "down":
             clustering.down()
         else:
-            state = clustering.ClusterState.load()
-            if state is None:
+            running = clustering.ClusterState.load()
+            if running is None:
                 print("no local cluster is running (python -m integ cluster up)", file=sys.stderr)
                 return 1
-            print(f"export KUBECONFIG={state.kubeconfig}")
+            print(f"export KUBECONFIG={running.kubeconfig}")
     except (building.BuildError, clustering.ClusterError, InvariantBrokenError) as err:
         print(f"integ: {err}", file=sys.stderr)
         return 1
