@@ -109,10 +109,15 @@ def ideal_seconds(options: Options) -> float:
     return math.ceil(options.nodes / max(options.concurrency, 1)) * per_node
 
 
+E2E_NODES = {"integ.brupop.bottlerocket.aws/e2e": "true"}
+"""The label of the nodes an end-to-end run creates. Its workloads run only there: nodes that other tests
+left in a shared cluster would otherwise attract them, and the drains of the run would be empty."""
+
+
 async def workloads(kube: KubeClient) -> None:
     """As the Rust brupop's integ: nginx Deployment x5, StatefulSet x3, PDBs minAvailable 2; a DaemonSet."""
     await ensure_namespace(kube, WORKLOADS)
-    pod = {"containers": [{"name": "nginx", "image": "nginx"}]}
+    pod = {"nodeSelector": E2E_NODES, "containers": [{"name": "nginx", "image": "nginx"}]}
     labels = {"app": "nginx"}
     await kube.create(
         DEPLOYMENTS,
@@ -496,9 +501,9 @@ async def run_scenario(
     await install_rbac(kube)
     await install_agents(kube)
     names = [f"e2e-{i}" for i in range(options.nodes)]
-    await create_nodes(kube, names, labels=BRUPOP_LABELS)
+    await create_nodes(kube, names, labels=BRUPOP_LABELS | E2E_NODES)
     plain = [f"e2e-plain-{i}" for i in range(scenario.unlabelled)]
-    await create_nodes(kube, plain)
+    await create_nodes(kube, plain, labels=E2E_NODES)
     await workloads(kube)
     if scenario.blocking_pdb_on is not None:
         await blocking_workload(kube, names[scenario.blocking_pdb_on])
