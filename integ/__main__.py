@@ -10,7 +10,8 @@ from pathlib import Path
 from brupop.logs import configure
 from integ import build as building
 from integ import cluster as clustering
-from integ.e2e import SCENARIOS, InvariantBrokenError, Options, main_run
+from integ.e2e import SCENARIOS, Options, main_run
+from integ.monitors import InvariantBrokenError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,10 @@ manifest's RBAC and agent DaemonSet, PDB-guarded workloads, two brupop apiserver
 (as its own service account, leader-elected) and one agent per node (each with its own pod-bound tokens).
 Simulated: the Bottlerocket hosts (integ.hostsim) and the kubelets (kwok).
 
-Monitors check the invariants on every watch event and fail the run at once: never more nodes cordoned
-by brupop than MAX_CONCURRENT_UPDATE, no PDB below its minimum. At the end every node must be Idle on the
-new version, uncordoned, and every workload back to its replica count. A timeline closes the run.
+Monitors (integ/monitors.py) check the invariants on every watch event and fail the run at once: never
+more nodes cordoned by brupop than MAX_CONCURRENT_UPDATE, no PDB below its minimum. At the end every node
+must be Idle on the new version, uncordoned, and every workload back to its replica count. A timeline
+closes the run.
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from brupop.kube.client import DEPLOYMENTS, NODES, PDBS, PODS, SHADOWS, ApiError, KubeClient, Resource
-from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE
+from brupop.kube.client import NODES, SHADOWS, KubeClient
+from brupop.models.constants import NAMESPACE
 from brupop.models.host import CommandType
 from brupop.models.shadow import BottlerocketShadow, ShadowState
-from brupop.policy.drain import CORDON_ANNOTATION, CORDONED_BY_BRUPOP
 from integ.actors import Agents, Controllers, Replicas
 from integ.cluster import ClusterState
 from integ.fleet import prepare
@@ -37,9 +36,16 @@ from integ.kubetools import (
     BRUPOP_LABELS,
     crd_for_local_use,
     create_nodes,
-    ensure_namespace,
     eventually,
     install_crd,
+)
+from integ.monitors import (
+    InvariantBrokenError,
+    Timeline,
+    follow_shadows,
+    monitor_nodes,
+    monitor_pdbs,
+    watch_events,
 )
 from integ.operator import (
     ApiserverProcess,
@@ -47,16 +53,10 @@ from integ.operator import (
     install_agents,
     install_rbac,
 )
+from integ.workloads import E2E_NODES, blocking_workload, clean, workloads, workloads_ready
 
 OLD, NEW = "1.20.3", "1.21.0"
-WORKLOADS = "workloads"
-STATEFULSETS = Resource("apps", "v1", "statefulsets", namespaced=True)
-DAEMONSETS = Resource("apps", "v1", "daemonsets", namespaced=True)
 Obj = dict[str, Any]
-
-
-class InvariantBrokenError(AssertionError):
-    pass
 
 
 @dataclass
@@ -68,205 +68,11 @@ class Options:
     live: TextIO | None = None
 
 
-@dataclass
-class Timeline:
-    started: float = field(default_factory=time.monotonic)
-    states: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
-
-    def record(self, node: str, state: str) -> None:
-        history = self.states[node]
-        if not history or history[-1][1] != state:
-            history.append((time.monotonic() - self.started, state))
-
-    def report(self, *, total: float, ideal: float) -> str:
-        lines = [
-            f"{'node':<14} "
-            + "  ".join(
-                f"{s:<24}"
-                for s in ("StagedAndPerformedUpdate", "RebootedIntoUpdate", "MonitoringUpdate", "Idle (done)")
-            )
-        ]
-        for node in sorted(self.states):
-            at = {state: t for t, state in self.states[node]}
-            cells = [
-                f"{at[s]:6.1f}s" if s in at else "-"
-                for s in ("StagedAndPerformedUpdate", "RebootedIntoUpdate", "MonitoringUpdate")
-            ]
-            done = self.states[node][-1][0] if self.states[node][-1][1] == "Idle" else None
-            cells.append(f"{done:6.1f}s" if done is not None else "-")
-            lines.append(f"{node:<14} " + "  ".join(f"{c:<24}" for c in cells))
-        lines.append(
-            f"total {total:.1f}s, ideal {ideal:.1f}s for these host timings and concurrency, "
-            f"overhead ratio {total / ideal:.2f}"
-        )
-        return "\n".join(lines)
-
-
 def ideal_seconds(options: Options) -> float:
     """Waves of `concurrency` nodes, each needing refresh + prepare + activate + reboot on its host."""
     t = options.timings
     per_node = (t.refresh + t.prepare + t.activate + t.reboot) * options.time_scale
     return math.ceil(options.nodes / max(options.concurrency, 1)) * per_node
-
-
-E2E_NODES = {"integ.brupop.bottlerocket.aws/e2e": "true"}
-"""The label of the nodes an end-to-end run creates. Its workloads run only there: nodes that other tests
-left in a shared cluster would otherwise attract them, and the drains of the run would be empty."""
-
-
-async def workloads(kube: KubeClient) -> None:
-    """As the Rust brupop's integ: nginx Deployment x5, StatefulSet x3, PDBs minAvailable 2; a DaemonSet."""
-    await ensure_namespace(kube, WORKLOADS)
-    pod = {"nodeSelector": E2E_NODES, "containers": [{"name": "nginx", "image": "nginx"}]}
-    labels = {"app": "nginx"}
-    await kube.create(
-        DEPLOYMENTS,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "nginx"},
-            "spec": {
-                "replicas": 5,
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": pod},
-            },
-        },
-        namespace=WORKLOADS,
-    )
-    web = {"app": "web"}
-    await kube.create(
-        STATEFULSETS,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 3,
-                "serviceName": "web",
-                "selector": {"matchLabels": web},
-                "template": {"metadata": {"labels": web}, "spec": pod},
-            },
-        },
-        namespace=WORKLOADS,
-    )
-    logs = {"app": "logs"}
-    await kube.create(
-        DAEMONSETS,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": {"name": "logs"},
-            "spec": {
-                "selector": {"matchLabels": logs},
-                "template": {"metadata": {"labels": logs}, "spec": pod},
-            },
-        },
-        namespace=WORKLOADS,
-    )
-    for name, selector in (("nginx", labels), ("web", web)):
-        await kube.create(
-            PDBS,
-            {
-                "apiVersion": "policy/v1",
-                "kind": "PodDisruptionBudget",
-                "metadata": {"name": name},
-                "spec": {"minAvailable": 2, "selector": {"matchLabels": selector}},
-            },
-            namespace=WORKLOADS,
-        )
-
-    await eventually(lambda: workloads_ready(kube), within=120, what="the workloads to run")
-
-
-async def workloads_ready(kube: KubeClient) -> bool:
-    """Every workload at its replica count, all ready."""
-    deployment = await kube.get(DEPLOYMENTS, "nginx", namespace=WORKLOADS)
-    sts = await kube.get(STATEFULSETS, "web", namespace=WORKLOADS)
-    return (deployment.get("status") or {}).get("readyReplicas") == 5 and (sts.get("status") or {}).get(
-        "readyReplicas"
-    ) == 3
-
-
-async def _watch(
-    kube: KubeClient, resource: Resource, namespace: str | None = None
-) -> AsyncIterator[tuple[str, Obj]]:
-    items, version = await kube.list(resource, namespace=namespace)
-    for obj in items:
-        yield "ADDED", obj
-    while True:
-        async for kind, obj in kube.watch(resource, namespace=namespace, resource_version=version):
-            version = obj.get("metadata", {}).get("resourceVersion", version)
-            if kind == "ERROR":
-                raise RuntimeError(f"watch of {resource.plural} failed: {obj.get('message')}")
-            if kind != "BOOKMARK":  # a bookmark only moves the resourceVersion on
-                yield kind, obj
-
-
-async def monitor_nodes(kube: KubeClient, limit: int, prefix: str) -> None:
-    cordoned: set[str] = set()
-    async for kind, node in _watch(kube, NODES):
-        name = node["metadata"]["name"]
-        if not name.startswith(prefix):
-            continue
-        mine = (node["metadata"].get("annotations") or {}).get(CORDON_ANNOTATION) == CORDONED_BY_BRUPOP
-        (cordoned.add if mine and kind != "DELETED" else cordoned.discard)(name)
-        if len(cordoned) > limit:
-            raise InvariantBrokenError(
-                f"{len(cordoned)} nodes cordoned by brupop at once ({sorted(cordoned)}), limit {limit}"
-            )
-
-
-async def monitor_pdbs(kube: KubeClient) -> None:
-    async for _, pdb in _watch(kube, PDBS, WORKLOADS):
-        status = pdb.get("status") or {}
-        if (
-            "currentHealthy" in status
-            and status["currentHealthy"] < pdb["spec"]["minAvailable"]
-            and status.get("observedGeneration")
-        ):
-            # A budget can dip only when a pod dies on its own; brupop's evictions never take it below.
-            raise InvariantBrokenError(
-                f"PDB {pdb['metadata']['name']}: {status['currentHealthy']} healthy, "
-                f"minAvailable {pdb['spec']['minAvailable']}"
-            )
-
-
-async def follow_shadows(kube: KubeClient, timeline: Timeline, live: TextIO | None) -> None:
-    """Record every state change on the timeline; with `live`, redraw the table at most twice a second and
-    once more when the run ends (this task is cancelled then)."""
-    latest: dict[str, BottlerocketShadow] = {}
-    last_draw = 0.0
-    try:
-        async for kind, obj in _watch(kube, SHADOWS, NAMESPACE):
-            shadow = BottlerocketShadow.from_wire(obj)
-            node = shadow.name.removeprefix("brs-")
-            if kind == "DELETED":
-                latest.pop(node, None)
-                continue
-            latest[node] = shadow
-            if shadow.status is not None:
-                timeline.record(node, shadow.status.current_state.value)
-            if live is not None and time.monotonic() - last_draw > 0.5:
-                last_draw = time.monotonic()
-                draw(latest, live, elapsed=time.monotonic() - timeline.started)
-    finally:
-        if live is not None:
-            draw(latest, live, elapsed=time.monotonic() - timeline.started)
-
-
-def draw(shadows: dict[str, BottlerocketShadow], out: TextIO, *, elapsed: float) -> None:
-    rows = [f"{'NAME':<16}{'STATE':<26}{'VERSION':<10}{'TARGET STATE':<26}{'TARGET VERSION':<16}CRASH COUNT"]
-    for node in sorted(shadows):
-        s = shadows[node]
-        st = s.status
-        rows.append(
-            f"{'brs-' + node:<16}{st.current_state.value if st else '':<26}"
-            f"{st.current_version if st else '':<10}"
-            f"{s.spec.state.value:<26}{s.spec.version or '':<16}{st.crash_count if st else ''}"
-        )
-    clear = "\x1b[H\x1b[2J" if out.isatty() else ""
-    out.write(f"{clear}t={elapsed:5.1f}s\n" + "\n".join(rows) + "\n\n")
-    out.flush()
 
 
 async def fleet_done(kube: KubeClient, names: list[str], failing: set[str]) -> bool:
@@ -400,7 +206,7 @@ async def closed_until_open(run: Run) -> None:
     assert run.opens_at is not None
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout((run.opens_at - datetime.now(UTC)).total_seconds()):
-            async for _, obj in _watch(run.kube, SHADOWS, NAMESPACE):
+            async for _, obj in watch_events(run.kube, SHADOWS, NAMESPACE):
                 state = (obj.get("spec") or {}).get("state")
                 if state not in (None, ShadowState.IDLE.value) and datetime.now(UTC) < run.opens_at:
                     raise InvariantBrokenError(
@@ -447,32 +253,6 @@ SCENARIOS: Mapping[str, Scenario] = {
         "an agent dies right after its host went down", chaos=kill_agent_after_reboot
     ),
 }
-
-
-async def blocking_workload(kube: KubeClient, node: str) -> None:
-    """One pod pinned to `node` whose PDB (minAvailable 1 of 1) never allows its eviction."""
-    labels = {"app": "stubborn"}
-    template = {
-        "metadata": {"labels": labels},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "containers": [{"name": "c", "image": "nginx"}],
-        },
-    }
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "stubborn"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": template},
-    }
-    await kube.create(DEPLOYMENTS, deployment, namespace=WORKLOADS)
-    pdb = {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": {"name": "stubborn"},
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}},
-    }
-    await kube.create(PDBS, pdb, namespace=WORKLOADS)
 
 
 async def _bounded(work: Awaitable[Any], what: str, *, seconds: float = 90.0) -> None:
@@ -589,58 +369,6 @@ async def check_end_state(kube: KubeClient, names: list[str], *, untouched: list
         )
     except TimeoutError as err:
         raise InvariantBrokenError(str(err)) from None
-
-
-async def _existing(
-    kube: KubeClient, resource: Resource, namespace: str, label_selector: str | None = None
-) -> list[Obj]:
-    """The objects, or none when their kind is not installed yet (a first run)."""
-    try:
-        return (await kube.list(resource, namespace=namespace, label_selector=label_selector))[0]
-    except ApiError as err:
-        if err.status != 404:
-            raise
-        return []
-
-
-def _ours(obj: Obj) -> bool:
-    """Made by an end-to-end run: an e2e node, a pod on one, or the shadow of one."""
-    name = str(obj["metadata"]["name"])
-    return name.startswith(("e2e-", "brs-e2e-")) or str(
-        (obj.get("spec") or {}).get("nodeName", "")
-    ).startswith("e2e-")
-
-
-async def clean(kube: KubeClient) -> None:
-    """Remove what an earlier run left, and wait until it is gone, so runs can share one cluster (with each
-    other and with other tests): a pod or shadow of a deleted node lingers until garbage collection, and a
-    new node of the same name would inherit it (a StatefulSet pod name still taken, an agent pod whose
-    token dies, a stale shadow)."""
-    agents = f"{COMPONENT_LABEL}={AGENT_COMPONENT}"
-    for resource in (DEPLOYMENTS, STATEFULSETS, DAEMONSETS, PDBS):
-        with contextlib.suppress(ApiError):  # nothing to delete on a first run
-            await kube.request("DELETE", resource.path(namespace=WORKLOADS))
-    with contextlib.suppress(ApiError):
-        await kube.request("DELETE", PODS.path(namespace=WORKLOADS), params={"gracePeriodSeconds": "0"})
-
-    async def leftovers() -> list[tuple[Resource, str | None, str]]:
-        found = [
-            *((PODS, WORKLOADS, o) for o in await _existing(kube, PODS, WORKLOADS)),
-            *((PODS, NAMESPACE, o) for o in await _existing(kube, PODS, NAMESPACE, label_selector=agents)),
-            *((SHADOWS, NAMESPACE, o) for o in await _existing(kube, SHADOWS, NAMESPACE)),
-            *((NODES, None, o) for o in (await kube.list(NODES))[0]),
-        ]
-        return [(r, ns, o["metadata"]["name"]) for r, ns, o in found if ns == WORKLOADS or _ours(o)]
-
-    async def gone() -> bool:
-        """Delete what is left (a DaemonSet re-creates a pod until its node is gone); True once nothing is."""
-        left = await leftovers()
-        for resource, namespace, name in left:
-            with contextlib.suppress(ApiError):  # already gone
-                await kube.delete(resource, name, namespace=namespace, options={"gracePeriodSeconds": 0})
-        return not left
-
-    await eventually(gone, within=60, what="the previous run's objects to go")
 
 
 def main_run(cluster: ClusterState, work: Path, options: Options, scenario: str = "happy") -> str:

@@ -7,7 +7,8 @@ import pytest
 
 from brupop.kube.client import KubeClient
 from integ.cluster import ClusterState
-from integ.e2e import SCENARIOS, Options, clean, run_scenario
+from integ.e2e import SCENARIOS, Options, run_scenario
+from integ.workloads import clean
 
 
 @pytest.mark.integration
