@@ -116,8 +116,7 @@ STAGES = [
         # A kubelet takes a moment to stop containers. Without it the disruption controller may never see
         # the pod terminating, keeps it in the PDB's disruptedPods, and then counts a StatefulSet's
         # replacement (same name) as disrupted for two minutes, blocking every drain behind that PDB.
-        # 1 s was not always enough for a busy controller-manager on two cores (a drain ran past its limit).
-        delay={"durationMilliseconds": 2000},
+        delay={"durationMilliseconds": 1000},
     ),
 ]
 
