@@ -9,33 +9,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import ssl
-import subprocess
+import contextlib
 import time
-from pathlib import Path
-
-import httpx
 
 from benchmarks.measure import p50_p99_ms, rss_mib, runtime_python
-from brupop.deploy import APISERVER_SA
 from brupop.kube.client import PODS
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE
 from integ.build import build
-from integ.cluster import LocalCluster, down, free_port
+from integ.cluster import LocalCluster, down
 from integ.fleet import prepare
 from integ.kubetools import BRUPOP_LABELS, admin, create_nodes, eventually
-from integ.operator import agent_pod, agent_token, install_agents, install_rbac, service_account_token
-from integ.pki import CertificateAuthority
+from integ.operator import agent_pod, agent_token, apiserver_process, install_agents, install_rbac
 
 
 async def main(pods: int, updates: int) -> None:
     state = LocalCluster(bins=build()).up()
-    directory = Path(state.directory)
-    process = None
     try:
-        async with admin(state) as kube:
+        async with admin(state) as kube, contextlib.AsyncExitStack() as stack:
             await prepare(kube)
             await install_rbac(kube)
             await install_agents(kube)
@@ -57,29 +47,9 @@ async def main(pods: int, updates: int) -> None:
                     await kube.create(PODS, body, namespace=NAMESPACE)
 
             await asyncio.gather(*(pod(i) for i in range(pods)))
-            token = await service_account_token(kube, APISERVER_SA)
-            config = json.loads(Path(state.kubeconfig).read_text())
-            config["users"] = [{"name": "admin", "user": {"token": token}}]
-            kubeconfig = directory / "apiserver.kubeconfig"
-            kubeconfig.write_text(json.dumps(config))
-            tls = directory / "bench-tls"
-            tls.mkdir(exist_ok=True)
-            CertificateAuthority.load(directory).issue(
-                tls, "tls", common_name="bench", ips=("127.0.0.1",), server=True
+            replica = await stack.enter_async_context(
+                apiserver_process(state, kube, name="brupop-apiserver-bench", python=runtime_python())
             )
-            port = free_port()
-            env = {
-                **os.environ,
-                "KUBECONFIG": str(kubeconfig),
-                "APISERVER_INTERNAL_PORT": str(port),
-                "APISERVER_BIND_ADDRESS": "127.0.0.1",
-                "APISERVER_TLS_DIR": str(tls),
-                "BRUPOP_NAMESPACE": NAMESPACE,
-                "LOGGING_FORMATTER": "json",
-                "TRACING_FILTER_DIRECTIVE": "warn",
-            }
-            process = subprocess.Popen([runtime_python(), "-m", "brupop", "apiserver"], env=env)
-            context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
             node = nodes[0]
             real = await agent_pod(kube, "bench-0")
             headers = {
@@ -87,20 +57,15 @@ async def main(pods: int, updates: int) -> None:
                 "BrupopNodeUid": node["metadata"]["uid"],
                 "BrupopK8sAuthToken": await agent_token(kube, real),
             }
-            async with httpx.AsyncClient(
-                base_url=f"https://127.0.0.1:{port}", verify=context, timeout=30
-            ) as http:
+            async with replica.running.client() as http:
 
                 async def created() -> bool:
-                    try:
-                        answer = await http.post("/bottlerocket-node-resource", headers=headers)
-                    except httpx.TransportError:
-                        return False
+                    answer = await http.post("/bottlerocket-node-resource", headers=headers)
                     return answer.status_code == 200
 
                 await eventually(created, within=60, what="the apiserver to serve")
                 await asyncio.sleep(10)  # idle: informer synced, nothing happening
-                idle = rss_mib(process.pid)
+                idle = rss_mib(replica.process.pid)
                 status = {
                     "current_version": "1.0.0",
                     "target_version": "1.1.0",
@@ -115,7 +80,7 @@ async def main(pods: int, updates: int) -> None:
                     answer = await http.put("/bottlerocket-node-resource", headers=headers, json=status)
                     latencies.append(time.perf_counter() - started)
                     assert answer.status_code == 200, answer.text
-                busy = rss_mib(process.pid)
+                busy = rss_mib(replica.process.pid)
         print(f"agent pods in the informer: {pods + 10}")
         p50, p99 = p50_p99_ms(latencies)
         print(
@@ -127,9 +92,6 @@ async def main(pods: int, updates: int) -> None:
             "(target p99 <= 20 ms)"
         )
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=10)
         down()
 
 

@@ -273,7 +273,12 @@ class ApiserverProcess:
 
 @contextlib.asynccontextmanager
 async def apiserver_process(
-    cluster: ClusterState, kube: KubeClient, *, name: str, drain_seconds: float = 60.0
+    cluster: ClusterState,
+    kube: KubeClient,
+    *,
+    name: str,
+    drain_seconds: float = 60.0,
+    python: str = sys.executable,
 ) -> AsyncIterator[ApiserverProcess]:
     """`python -m brupop apiserver` configured by its environment, as the Deployment's pods are, with a
     kubeconfig holding the apiserver service account's token; logs go to <cluster dir>/<name>.log."""
@@ -296,7 +301,7 @@ async def apiserver_process(
     log = directory / f"{name}.log"
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "brupop", "apiserver", env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+            python, "-m", "brupop", "apiserver", env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
         )
     replica = ApiserverProcess(running=apiserver_at(cluster, port), port=port, process=process, log=log)
 
