@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from brupop.kube.client import EVENTS, LEASES, NODES, SHADOWS, ApiError, KubeClient
-from brupop.kube.informer import Informer, resource_version
+from brupop.kube.informer import Informer
 from brupop.kube.leader import LeaseConflictError, micro_time
 from brupop.models.constants import API_VERSION_V2, KIND, UPDATER_INTERFACE_LABEL
 from brupop.models.shadow import BottlerocketShadow, ShadowSpec
@@ -27,25 +27,22 @@ Obj = dict[str, Any]
 REPORTER = "brupop.bottlerocket.aws/controller"
 
 
-def trim_node(node: Obj) -> Obj:
-    """A Node as decisions read it: identity, the opt-in label (a kubelet sets a dozen others), and
-    schedulability."""
-    meta = node.get("metadata") or {}
-    kept = {k: meta[k] for k in ("name", "uid", "resourceVersion") if k in meta}
-    labels = meta.get("labels") or {}
-    kept["labels"] = (
-        {UPDATER_INTERFACE_LABEL: labels[UPDATER_INTERFACE_LABEL]}
-        if UPDATER_INTERFACE_LABEL in labels
-        else {}
-    )
-    return {
-        "metadata": kept,
-        "spec": {"unschedulable": bool((node.get("spec") or {}).get("unschedulable"))},
-    }
-
-
 PARSED = "brupop.parsed"
-"""Where a cached shadow keeps its validated model (None when the object is invalid)."""
+"""Where a cached object keeps what decisions read of it: a Node's NodeInfo, a shadow's validated model
+(None when the shadow is invalid)."""
+
+
+def trim_node(node: Obj) -> Obj:
+    """What the controller caches of a Node: its identity (cache key) and its NodeInfo, which keeps only the
+    opt-in label of the dozen a kubelet sets. A heartbeat changes neither, so it wakes nobody. Idempotent."""
+    if PARSED in node:
+        return node
+    meta = node.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "resourceVersion") if k in meta}
+    labels = meta.get("labels") or {}
+    opt_in = {k: labels[k] for k in (UPDATER_INTERFACE_LABEL,) if k in labels}
+    info = NodeInfo(name=str(meta.get("name", "")), uid=str(meta.get("uid", "")), labels=opt_in)
+    return {"metadata": kept, PARSED: info}
 
 
 def trim_shadow(shadow: Obj) -> Obj:
@@ -88,24 +85,12 @@ class ClusterFleet:
             transform=trim_node,
             on_change=on_change,
         )
-        self._nodes: dict[str, tuple[str, NodeInfo]] = {}
 
     def shadows(self) -> list[BottlerocketShadow]:
         return [obj[PARSED] for obj in self.shadow_informer.items() if obj[PARSED] is not None]
 
     def nodes(self) -> Mapping[str, NodeInfo]:
-        """Every Node's NodeInfo, rebuilt only for Nodes that changed since the last pass."""
-        fresh: dict[str, tuple[str, NodeInfo]] = {}
-        for n in self.node_informer.items():
-            meta = n["metadata"]
-            name, version = str(meta["name"]), resource_version(n)
-            cached = self._nodes.get(name)
-            if cached is None or cached[0] != version:
-                info = NodeInfo(name=name, uid=str(meta.get("uid", "")), labels=meta.get("labels") or {})
-                cached = (version, info)
-            fresh[name] = cached
-        self._nodes = fresh
-        return {name: info for name, (_, info) in fresh.items()}
+        return {n[PARSED].name: n[PARSED] for n in self.node_informer.items()}
 
     async def write_spec(self, name: str, spec: ShadowSpec) -> None:
         patch = {"apiVersion": API_VERSION_V2, "kind": KIND, "spec": spec.to_wire()}
