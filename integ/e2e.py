@@ -38,6 +38,7 @@ from integ.kubetools import (
     create_nodes,
     eventually,
     install_crd,
+    watch_events,
 )
 from integ.monitors import (
     InvariantBrokenError,
@@ -45,7 +46,6 @@ from integ.monitors import (
     follow_shadows,
     monitor_nodes,
     monitor_pdbs,
-    watch_events,
 )
 from integ.operator import (
     ApiserverProcess,

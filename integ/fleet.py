@@ -21,6 +21,7 @@ from integ.kubetools import (
     ensure_namespace,
     eventually,
     install_crd,
+    watch_events,
 )
 
 Obj = dict[str, Any]
@@ -87,25 +88,18 @@ class Watcher:
     latest: dict[str, BottlerocketShadow] = field(default_factory=dict)
 
     async def run(self) -> None:
-        items, version = await self.kube.list(SHADOWS, namespace=NAMESPACE)
-        self._observe(items)
-        if self.agents:
-            for obj in items:
-                await self._act(BottlerocketShadow.from_wire(obj))
-        while True:
-            async for kind, obj in self.kube.watch(SHADOWS, namespace=NAMESPACE, resource_version=version):
-                version = obj.get("metadata", {}).get("resourceVersion", version)
-                if kind == "DELETED":
-                    self.latest.pop(obj["metadata"]["name"], None)
-                elif kind in ("ADDED", "MODIFIED"):
-                    self._observe([obj])
-                    if self.agents:
-                        await self._act(BottlerocketShadow.from_wire(obj))
+        async for kind, obj in watch_events(self.kube, SHADOWS, NAMESPACE):
+            if kind == "DELETED":
+                self.latest.pop(obj["metadata"]["name"], None)
+                continue
+            shadow = BottlerocketShadow.from_wire(obj)
+            self._observe(shadow)
+            if self.agents:
+                await self._act(shadow)
 
-    def _observe(self, objects: list[Obj]) -> None:
-        for obj in objects:
-            if obj["metadata"]["name"].startswith(f"brs-{self.prefix}"):
-                self.latest[obj["metadata"]["name"]] = BottlerocketShadow.from_wire(obj)
+    def _observe(self, shadow: BottlerocketShadow) -> None:
+        if shadow.name.startswith(f"brs-{self.prefix}"):
+            self.latest[shadow.name] = shadow
         self.peak = max(self.peak, sum(is_active(s) for s in self.latest.values()))
 
     async def _act(self, shadow: BottlerocketShadow) -> None:

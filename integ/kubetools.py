@@ -1,13 +1,13 @@
 """Helpers for tests and scenarios on the local cluster, all on brupop's own Kubernetes client: nodes,
-namespaces, service accounts, pod-bound tokens, and clients that act as a service account (so RBAC is
-really enforced)."""
+namespaces, service accounts, pod-bound tokens, clients that act as a service account (so RBAC is really
+enforced), and following a resource's events."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -189,3 +189,20 @@ async def install_crd(kube: KubeClient, crd: Obj) -> None:
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     await eventually(established, what=f"CRD {name} to be established")
+
+
+async def watch_events(
+    kube: KubeClient, resource: Resource, namespace: str | None = None
+) -> AsyncIterator[tuple[str, Obj]]:
+    """Every object as ADDED, then every change from that version on, until cancelled (re-watching when
+    the server ends a watch); bookmarks are dropped and an ERROR event raises."""
+    items, version = await kube.list(resource, namespace=namespace)
+    for obj in items:
+        yield "ADDED", obj
+    while True:
+        async for kind, obj in kube.watch(resource, namespace=namespace, resource_version=version):
+            version = obj.get("metadata", {}).get("resourceVersion", version)
+            if kind == "ERROR":
+                raise RuntimeError(f"watch of {resource.plural} failed: {obj.get('message')}")
+            if kind != "BOOKMARK":  # a bookmark only moves the resourceVersion on
+                yield kind, obj

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from brupop.kube.client import NODES, PDBS, SHADOWS, KubeClient, Resource
+from brupop.kube.client import NODES, PDBS, SHADOWS, KubeClient
 from brupop.models.constants import NAMESPACE
 from brupop.models.shadow import BottlerocketShadow
 from brupop.policy.drain import CORDON_ANNOTATION, CORDONED_BY_BRUPOP
+from integ.kubetools import watch_events
 from integ.workloads import WORKLOADS
 
 Obj = dict[str, Any]
@@ -55,23 +55,6 @@ class Timeline:
             f"overhead ratio {total / ideal:.2f}"
         )
         return "\n".join(lines)
-
-
-async def watch_events(
-    kube: KubeClient, resource: Resource, namespace: str | None = None
-) -> AsyncIterator[tuple[str, Obj]]:
-    """Every object as ADDED, then every change from that version on, until cancelled (re-watching when
-    the server ends a watch); bookmarks are dropped and an ERROR event raises."""
-    items, version = await kube.list(resource, namespace=namespace)
-    for obj in items:
-        yield "ADDED", obj
-    while True:
-        async for kind, obj in kube.watch(resource, namespace=namespace, resource_version=version):
-            version = obj.get("metadata", {}).get("resourceVersion", version)
-            if kind == "ERROR":
-                raise RuntimeError(f"watch of {resource.plural} failed: {obj.get('message')}")
-            if kind != "BOOKMARK":  # a bookmark only moves the resourceVersion on
-                yield kind, obj
 
 
 async def monitor_nodes(kube: KubeClient, limit: int, prefix: str) -> None:
