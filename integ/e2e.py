@@ -260,6 +260,15 @@ SCENARIOS: Mapping[str, Scenario] = {
 }
 
 
+def _suspended_at(task: asyncio.Task[Any]) -> str:
+    """Where a pending task is waiting: its coroutine's function and line."""
+    frames = task.get_stack(limit=1)
+    if not frames:
+        return "an unknown point"
+    code = frames[0].f_code
+    return f"{code.co_name}, line {frames[0].f_lineno}"
+
+
 async def _bounded(work: Awaitable[Any], what: str, *, seconds: float = 90.0) -> None:
     """Teardown that cannot hang a test run: once (under heavy load) a run waited forever at its end."""
     try:
@@ -345,7 +354,10 @@ async def run_scenario(
             total = time.monotonic() - started
             for task in chaos:
                 if not task.done():
-                    raise InvariantBrokenError("the rollout finished before the scenario's trouble happened")
+                    raise InvariantBrokenError(
+                        "the rollout finished before the scenario's trouble happened "
+                        f"(the chaos step was still at {_suspended_at(task)})"
+                    )
         finally:
             for task in [done, *monitors, *chaos]:
                 task.cancel()
