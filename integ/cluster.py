@@ -52,6 +52,9 @@ class ClusterState:
     kubeconfig: str
     server: str
     pids: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    """How each component was started (argv, then its extra environment), so it can be started again."""
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def save(self) -> None:
         STATE_FILE.parent.mkdir(exist_ok=True)
@@ -83,6 +86,58 @@ def _kill_groups(pids: list[int], *, grace: float = 5.0) -> None:
         alive = [pid for pid in alive if _signal(pid, 0)]
     for pid in alive:
         _signal(pid, signal.SIGKILL)
+
+
+def launch(state: ClusterState, name: str) -> None:
+    """Start component `name` as recorded in `state` (its log appended to), and record its PID."""
+    logs = Path(state.directory) / "logs"
+    with (logs / f"{name}.log").open("ab") as log:
+        process = subprocess.Popen(
+            state.commands[name],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **state.envs.get(name, {})},
+        )
+    state.pids[name] = process.pid
+    state.save()
+
+
+def stop_component(state: ClusterState, name: str, *, sig: int = signal.SIGKILL) -> None:
+    """Stop one component (SIGKILL by default: a crash, not a shutdown) and wait until it is gone."""
+    pid = state.pids[name]
+    _signal(pid, sig)
+    deadline = time.monotonic() + 30
+    while _signal(pid, 0) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+        time.sleep(0.05)
+    if _signal(pid, 0):
+        _signal(pid, signal.SIGKILL)
+
+
+def restart_component(
+    state: ClusterState, name: str, *, down_for: float = 0.0, sig: int = signal.SIGKILL
+) -> None:
+    """Kill component `name` (kube-apiserver, etcd, ...), keep it down for `down_for` seconds, start it
+    again with the same command line, and return when it serves again (kube-apiserver: /readyz; others:
+    once started)."""
+    stop_component(state, name, sig=sig)
+    if down_for > 0:
+        time.sleep(down_for)
+    launch(state, name)
+    if name in ("kube-apiserver", "etcd"):
+        directory = Path(state.directory)
+        context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
+        context.load_cert_chain(str(directory / "admin.crt"), str(directory / "admin.key"))
+        with httpx.Client(base_url=state.server, verify=context, timeout=5) as admin:
+            _wait(
+                f"kube-apiserver /readyz after restarting {name}",
+                lambda: admin.get("/readyz").status_code == 200,
+                timeout=90,
+                logs=directory / "logs" / f"{name}.log",
+            )
 
 
 def down(*, keep_files: bool = False) -> None:
@@ -119,22 +174,11 @@ class LocalCluster:
         self.state: ClusterState | None = None
         self.ca: CertificateAuthority | None = None
 
-    def _start(
-        self, name: str, args: list[str], env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            [str(self.bins / name), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         assert self.state is not None
-        self.state.pids[name] = process.pid
-        self.state.save()
-        return process
+        self.state.commands[name] = [str(self.bins / name), *args]
+        self.state.envs[name] = dict(env or {})
+        launch(self.state, name)
 
     def _admin(self) -> httpx.Client:
         assert self.state is not None
