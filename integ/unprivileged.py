@@ -103,8 +103,9 @@ def needs_root(what: str) -> str | None:
     )
 
 
-def command(*, uid: int, gid: int, groups: Sequence[int], module: str, args: Sequence[str]) -> list[str]:
-    """The command line that runs `python -m module args...` as `uid`:`gid` with `groups`."""
+def command(*, uid: int, gid: int, groups: Sequence[int], program: Sequence[str]) -> list[str]:
+    """The command line that runs `python PROGRAM...` (`-m MODULE ARGS...` or `-c CODE ARGS...`) as
+    `uid`:`gid` with supplementary `groups`."""
     return [
         sys.executable,
         "-m",
@@ -114,9 +115,7 @@ def command(*, uid: int, gid: int, groups: Sequence[int], module: str, args: Seq
         "--gid",
         str(gid),
         *(["--groups", ",".join(map(str, groups))] if groups else []),
-        "-m",
-        module,
-        *args,
+        *program,
     ]
 
 

@@ -72,9 +72,9 @@ class HostServer:
     async def stop(self) -> None:
         if self._reboot is not None:
             self._reboot.cancel()
-        await self._close()
+        self._close()
 
-    async def _close(self) -> None:
+    def _close(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -84,12 +84,18 @@ class HostServer:
         self.path.unlink(missing_ok=True)
 
     def _schedule_reboot(self) -> None:
+        if not self.host.shutdown_seconds:
+            self._go_down()  # no shutdown time: down before the client's next request
         self._reboot = asyncio.get_running_loop().create_task(self._rebooting())
 
-    async def _rebooting(self) -> None:
-        await asyncio.sleep(self.host.shutdown_seconds)
+    def _go_down(self) -> None:
         self.host.go_down()
-        await self._close()
+        self._close()
+
+    async def _rebooting(self) -> None:
+        if self.host.up.is_set():
+            await asyncio.sleep(self.host.shutdown_seconds)
+            self._go_down()
         await asyncio.sleep(self.host.timings.reboot * self.host.time_scale)
         if self.host.faults.never_returns:
             return

@@ -21,7 +21,7 @@ from integ.operator import brupop_apiserver, install_agents, install_rbac, node_
 
 S = ShadowState
 OLD, NEW = "1.0.0", "1.1.0"
-FAST = AgentOptions(update_check_interval=1.0, reboot_went_down=2.0, reboot_timeout=30.0)
+FAST = AgentOptions(update_check_interval=1.0, reboot_timeout=30.0)
 
 
 @contextlib.asynccontextmanager
