@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from brupop.agent.causes import causes
 from brupop.models.constants import HOST_API_SOCKET_GROUP
 from brupop.models.host import Command, CommandType, OsInfo, UpdateState, UpdateStatus
 from brupop.models.wire import WireError
@@ -226,12 +227,7 @@ class HostClient:
 
 def _os_error(err: BaseException) -> OSError | None:
     """The operating system's error under a transport error, if any."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno is not None:
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return next((c for c in causes(err) if isinstance(c, OSError) and c.errno is not None), None)
 
 
 def _file_kind(path: Path) -> str | None:
