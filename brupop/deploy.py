@@ -45,6 +45,7 @@ class Options:
     exclude_from_lb_wait_time_in_sec: str = "0"
     apiserver_internal_port: int = 8443
     apiserver_service_port: int = c.APISERVER_SERVICE_PORT
+    agent_internal_port: int = 8080
     controller_metrics_port: int = 8080
     drain_timeout_seconds: int = 1800
 
@@ -64,6 +65,8 @@ ENV_COMMENTS: Mapping[str, str] = {
     ),
     "DRAIN_TIMEOUT": "Seconds a drain may take before it fails, naming the pods and PDBs that blocked it.",
     "CONTROLLER_INTERNAL_PORT": "Port of the controller's metrics and health endpoints.",
+    "AGENT_INTERNAL_PORT": "Port of the agent's readiness endpoint (/readyz).",
+    "BRUPOP_NAMESPACE": "The namespace the program runs in (the apiserver Service is found there).",
 }
 
 
@@ -88,6 +91,7 @@ def _env(**values: str) -> list[Obj]:
 
 
 NODE_NAME_ENV = {"name": "MY_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+NAMESPACE_ENV = {"name": "BRUPOP_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
 LOGGING_ENV = _env(LOGGING_FORMATTER="json", LOGGING_ANSI_ENABLED="false", TRACING_FILTER_DIRECTIVE="info")
 LINUX_AND_ARCH = [
     {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
@@ -320,6 +324,8 @@ def agent_daemonset(o: Options) -> Obj:
                 "spec": {
                     "serviceAccountName": AGENT_SA,
                     "automountServiceAccountToken": True,
+                    # Bottlerocket's /run/api.sock is root:274, mode 0660; the image's user needs the group.
+                    "securityContext": {"supplementalGroups": [c.HOST_API_SOCKET_GROUP]},
                     "affinity": {
                         "nodeAffinity": {
                             "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -345,10 +351,14 @@ def agent_daemonset(o: Options) -> Obj:
                             "args": ["agent"],
                             "env": [
                                 NODE_NAME_ENV,
+                                NAMESPACE_ENV,
                                 *_env(APISERVER_SERVICE_PORT=str(o.apiserver_service_port)),
                                 *_env(EXCLUDE_FROM_LB_WAIT_TIME_IN_SEC=o.exclude_from_lb_wait_time_in_sec),
+                                *_env(AGENT_INTERNAL_PORT=str(o.agent_internal_port)),
                                 *LOGGING_ENV,
                             ],
+                            "ports": [{"name": "health", "containerPort": o.agent_internal_port}],
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": o.agent_internal_port}},
                             "resources": _resources(
                                 cpu_request="5m", memory_request="8Mi", cpu_limit="10m", memory_limit="50Mi"
                             ),

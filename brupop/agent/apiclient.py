@@ -58,7 +58,7 @@ class ApiserverClient:
     ) -> None:
         self.node_name = node_name
         self.node_uid = ""
-        self._base_url = base_url
+        self.base_url = base_url
         self._token_file = token_file
         self._ca_file = ca_file
         self._timeout = timeout
@@ -76,7 +76,7 @@ class ApiserverClient:
     def _client(self, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
         # A drain can legitimately take as long as the apiserver's DRAIN_TIMEOUT: a long read timeout.
         return httpx.AsyncClient(
-            base_url=self._base_url, verify=verify, timeout=httpx.Timeout(30.0, read=self._timeout)
+            base_url=self.base_url, verify=verify, timeout=httpx.Timeout(30.0, read=self._timeout)
         )
 
     async def close(self) -> None:

@@ -94,3 +94,16 @@ def test_rendered_file_documents_the_configuration_variables() -> None:
     assert "# IANA time zone the schedule is read in" in text
     assert list(yaml.safe_load_all(text)) == [dict(obj) for obj in manifest()]
     assert manifests.stale_files(REPO / "manifests") == []
+
+
+def test_the_agent_pod_may_use_the_host_socket_and_knows_its_namespace() -> None:
+    pod = by_kind("DaemonSet")["brupop-agent"]["spec"]["template"]["spec"]
+    # Bottlerocket's /run/api.sock is root:274, mode 0660; the image runs as uid 65532 without root.
+    assert pod["securityContext"] == {"supplementalGroups": [274]}
+    container = pod["containers"][0]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e for e in container["env"]}
+    assert env["BRUPOP_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["AGENT_INTERNAL_PORT"]["value"] == "8080"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
+    assert container["ports"] == [{"name": "health", "containerPort": 8080}]
