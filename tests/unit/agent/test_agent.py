@@ -60,6 +60,9 @@ CLEAN_CYCLE = [
     "api:update_status Idle",
 ]
 
+DRAIN_AND_REBOOT = ["api:cordon_and_drain", "host:reboot"]
+BACK_ON_THE_UPDATE = ["api:uncordon", "api:update_status RebootedIntoUpdate"]
+
 
 class AgentKilledError(Exception):
     """The agent's process died right after the call that raised this took effect."""
@@ -464,12 +467,7 @@ async def test_rebooting_drains_reboots_into_the_update_and_uncordons(rig: Rig) 
     await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
     mark = rig.journal.mark()
     status = await rig.step(S.REBOOTED_INTO_UPDATE)
-    assert rig.journal.since(mark) == [
-        "api:cordon_and_drain",
-        "host:reboot",
-        "api:uncordon",
-        "api:update_status RebootedIntoUpdate",
-    ]
+    assert rig.journal.since(mark) == DRAIN_AND_REBOOT + BACK_ON_THE_UPDATE
     assert (status.current_state, status.current_version) == (S.REBOOTED_INTO_UPDATE, NEW)
     assert (rig.host.version, rig.host.boots) == (NEW, 1)
     assert not rig.api.cordoned
@@ -618,31 +616,33 @@ async def test_an_invisible_node_is_an_apiserver_error(rig: Rig) -> None:
 # --- a slow shutdown is not a rollback ---------------------------------------------------------------
 
 
-async def test_a_host_still_answering_after_accepting_the_reboot_is_shutting_down_not_rolled_back(
-    rig: Rig,
-) -> None:
+async def staged_on_a_slow_host(rig: Rig) -> int:
+    """Staged, on a host whose API answers for 0.5 s after accepting a reboot; the journal's mark."""
     await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
-    rig.host.faults.slow_shutdown = 500  # the API answers for 0.5 s after accepting the reboot
-    mark = rig.journal.mark()
-    status = await rig.step(S.REBOOTED_INTO_UPDATE)
-    assert rig.journal.since(mark) == [
-        "api:cordon_and_drain",
-        "host:reboot",
-        "api:uncordon",
-        "api:update_status RebootedIntoUpdate",
-    ]
-    assert (status.current_state, status.current_version, status.crash_count) == (
+    rig.host.faults.slow_shutdown = 500
+    return rig.journal.mark()
+
+
+def rebooted_into_the_update(rig: Rig, status: ShadowStatus) -> bool:
+    return (status.current_state, status.current_version, status.crash_count, rig.host.boots) == (
         S.REBOOTED_INTO_UPDATE,
         NEW,
         0,
+        1,
     )
-    assert (rig.host.version, rig.host.boots) == (NEW, 1)
+
+
+async def test_a_host_still_answering_after_accepting_the_reboot_is_shutting_down_not_rolled_back(
+    rig: Rig,
+) -> None:
+    mark = await staged_on_a_slow_host(rig)
+    status = await rig.step(S.REBOOTED_INTO_UPDATE)
+    assert rig.journal.since(mark) == DRAIN_AND_REBOOT + BACK_ON_THE_UPDATE
+    assert rebooted_into_the_update(rig, status)
 
 
 async def test_an_agent_restarted_while_its_host_shuts_down_waits_for_the_boot(rig: Rig) -> None:
-    await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
-    rig.host.faults.slow_shutdown = 500
-    mark = rig.journal.mark()
+    mark = await staged_on_a_slow_host(rig)
     rig.journal.kill_after = mark + 1  # SIGKILLed right after the host accepted the reboot
     rig.want(S.REBOOTED_INTO_UPDATE)
     await rig.reconcile()
@@ -651,20 +651,8 @@ async def test_an_agent_restarted_while_its_host_shuts_down_waits_for_the_boot(r
     status = await rig.step(S.REBOOTED_INTO_UPDATE)
     # The new agent cannot know that the reboot was sent: the update is still Ready and next to boot, so
     # it drains (nothing left to evict) and asks again; the host, already going down, takes it as said.
-    assert rig.journal.since(mark) == [
-        "api:cordon_and_drain",
-        "host:reboot",
-        "api:cordon_and_drain",
-        "host:reboot",
-        "api:uncordon",
-        "api:update_status RebootedIntoUpdate",
-    ]
-    assert (status.current_state, status.current_version, status.crash_count) == (
-        S.REBOOTED_INTO_UPDATE,
-        NEW,
-        0,
-    )
-    assert (rig.host.version, rig.host.boots) == (NEW, 1)
+    assert rig.journal.since(mark) == DRAIN_AND_REBOOT + DRAIN_AND_REBOOT + BACK_ON_THE_UPDATE
+    assert rebooted_into_the_update(rig, status)
 
 
 async def test_a_host_that_accepts_the_reboot_but_never_goes_down_fails_after_the_reboot_timeout(
