@@ -20,12 +20,13 @@ import asyncio
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from integ.hostsim.host import Response, SimulatedHost
 from integ.hostsim.server import serve_http
+
+if TYPE_CHECKING:
+    import httpx
 
 
 def _json(status: int, data: object) -> Response:
@@ -83,6 +84,8 @@ class ControlServer:
 
 
 def _client(control_socket: Path) -> httpx.AsyncClient:
+    import httpx  # only the clients need it: a fleet of a thousand hosts runs without (8 MiB)
+
     return httpx.AsyncClient(
         transport=httpx.AsyncHTTPTransport(uds=str(control_socket)), base_url="http://localhost"
     )

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from brupop.models.constants import HOST_API_SOCKET_GROUP
+from integ.hostsim.control import host_state, set_faults
 from integ.hostsim.fleet import Fleet
 from integ.hostsim.host import SimulatedHost, Timings
 from integ.kubetools import eventually
@@ -318,3 +319,15 @@ async def test_the_answers_match_the_reference_examples_byte_for_byte(tmp_path: 
             assert answer.content.decode() == REFERENCE_STATUS
     finally:
         await fleet.stop()
+
+
+async def test_the_control_client_for_python_harnesses(fleet: Fleet) -> None:
+    host = await fleet.add("h", version=OLD)
+    faults = await set_faults(fleet.control_socket, "h", resets=["/os"], slow_prepare=100)
+    assert (faults["resets"], faults["slow_prepare"]) == (["/os"], 100.0)
+    assert host.faults.resets == {"/os"}
+    state = await host_state(fleet.control_socket, "h")
+    assert (state["version"], state["boot_id"]) == (OLD, host.boot_id)
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        await set_faults(fleet.control_socket, "h", never_returns="soon")
+    assert "never_returns must be true or false" in refused.value.response.text
