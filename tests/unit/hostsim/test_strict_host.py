@@ -123,7 +123,8 @@ def test_the_simulator_run_as_non_root_fails_with_one_line_saying_why(tmp_path: 
 
 
 async def test_the_api_keeps_answering_while_the_host_shuts_down(tmp_path: Path) -> None:
-    fleet = Fleet(tmp_path, time_scale=SCALE, timings=Timings(reboot=10, shutdown=500))  # 1 s to go down
+    # 1 s to go down, then down for 1 s (long enough for `down` to see it).
+    fleet = Fleet(tmp_path, time_scale=SCALE, timings=Timings(reboot=500, shutdown=500))
     fleet.repository.offer(NEW, variant=VARIANT, arch=ARCH)
     host = await fleet.add("h", version=OLD)
     try:
