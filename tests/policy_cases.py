@@ -173,7 +173,10 @@ BAD: dict[str, Bad] = {
     "during-update-twice": Bad(
         _with(
             duringUpdate={
-                "taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "a", "effect": "NoSchedule", "value": "x"}]
+                "taints": [
+                    {"key": "a", "effect": "NoSchedule"},
+                    {"key": "a", "effect": "NoSchedule", "value": "x"},
+                ]
             }
         ),
         "spec.duringUpdate.taints",

@@ -24,7 +24,12 @@ STRICT = {"fieldValidation": "Strict"}
 
 
 def policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": c.API_VERSION_POLICY, "kind": c.POLICY_KIND, "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": c.API_VERSION_POLICY,
+        "kind": c.POLICY_KIND,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 @pytest.fixture
