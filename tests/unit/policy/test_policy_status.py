@@ -1,4 +1,5 @@
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from brupop.models.policy import (
@@ -8,6 +9,7 @@ from brupop.models.policy import (
     Halt,
     LabelSelector,
     PolicyState,
+    UpdatePolicyStatus,
     WindowState,
 )
 from brupop.models.shadow import ShadowState
@@ -32,6 +34,21 @@ OPEN = PoolPass(
 MEMBERS = {"a": Member.UP_TO_DATE, "b": Member.UPDATING, "c": Member.FAILED, "d": Member.WAITING}
 
 
+def status_of(pool: Pool = POOL, **given: Any) -> UpdatePolicyStatus:
+    """The status of `pool`, with an empty pass for what the test does not give."""
+    arguments: dict[str, Any] = {
+        "passed": OPEN,
+        "members": {},
+        "held": [],
+        "budget": BudgetState(),
+        "overlaps": (),
+        "stuck": (),
+        "previous": None,
+        "now": NOW,
+    }
+    return policy_status(pool, **(arguments | given))
+
+
 def conditions(status: object) -> dict[str, tuple[str, str, str]]:
     return {c.type: (c.status.value, c.reason, c.message) for c in status.conditions}  # type: ignore[attr-defined]
 
@@ -48,16 +65,10 @@ def test_member_states() -> None:
 
 
 def test_an_active_pool() -> None:
-    status = policy_status(
+    status = status_of(
         POOL,
-        passed=OPEN,
         members=MEMBERS,
         held=["d", "elsewhere"],
-        budget=BudgetState(),
-        overlaps=(),
-        stuck=(),
-        previous=None,
-        now=NOW,
     )
     assert (status.observed_generation, status.state, status.selected) == (7, PolicyState.ACTIVE, 4)
     assert (status.up_to_date, status.updating, status.failed, status.held) == (1, 1, 1, 1)
@@ -109,16 +120,13 @@ def test_a_halted_pool_in_a_blackout_with_overlaps_stuck_nodes_and_a_notice() ->
             deadline=NOW - timedelta(hours=1),
         ),
     )
-    status = policy_status(
+    status = status_of(
         pool,
         passed=blacked,
         members=MEMBERS,
-        held=[],
         budget=budget,
         overlaps=overlaps,
         stuck=stuck,
-        previous=None,
-        now=NOW,
     )
     assert (status.state, status.window, status.next_opening) == (
         PolicyState.HALTED,
@@ -136,16 +144,11 @@ def test_a_halted_pool_in_a_blackout_with_overlaps_stuck_nodes_and_a_notice() ->
         "NodesStuck",
         "1 nodes stuck in their update cycle: " + stuck[0].message(),
     )
-    within = policy_status(
+    within = status_of(
         pool,
         passed=blacked,
         members=MEMBERS,
-        held=[],
         budget=BudgetState(failures=budget.failures[:1]),
-        overlaps=(),
-        stuck=(),
-        previous=None,
-        now=NOW,
     )
     assert conditions(within)["Halted"] == (
         "False",
@@ -155,16 +158,8 @@ def test_a_halted_pool_in_a_blackout_with_overlaps_stuck_nodes_and_a_notice() ->
 
 
 def test_paused_and_invalid_pools() -> None:
-    paused = policy_status(
+    paused = status_of(
         Pool(name="web", limit=Count(1), schedule=ALWAYS, paused=True),
-        passed=OPEN,
-        members={},
-        held=[],
-        budget=BudgetState(),
-        overlaps=(),
-        stuck=(),
-        previous=None,
-        now=NOW,
     )
     assert paused.state is PolicyState.PAUSED
     assert conditions(paused)["Paused"][1] == "PausedBySpec"
@@ -181,16 +176,9 @@ def test_paused_and_invalid_pools() -> None:
     invalid_pool = Pool(
         name="web", limit=Count(1), schedule=None, paused=True, problems=("bad zone", "bad cron")
     )
-    invalid = policy_status(
+    invalid = status_of(
         invalid_pool,
         passed=closed,
-        members={},
-        held=[],
-        budget=BudgetState(),
-        overlaps=(),
-        stuck=(),
-        previous=None,
-        now=NOW,
     )
     assert (invalid.state, invalid.window, invalid.next_opening) == (
         PolicyState.INVALID,
@@ -222,25 +210,9 @@ def test_transition_times_change_only_with_the_status() -> None:
         ("Halted", Timestamp.from_datetime(NOW), "FailureBudgetSpent"),
         ("Stuck", Timestamp.from_datetime(NOW), "NoneStuck"),
     ]
-    again = policy_status(
+    again = status_of(
         POOL,
-        passed=OPEN,
-        members={},
-        held=[],
-        budget=BudgetState(),
-        overlaps=(),
-        stuck=(),
-        previous=policy_status(
-            POOL,
-            passed=OPEN,
-            members={},
-            held=[],
-            budget=BudgetState(),
-            overlaps=(),
-            stuck=(),
-            previous=None,
-            now=NOW,
-        ),
+        previous=status_of(),
         now=NOW + timedelta(hours=1),
     )
     assert {c.last_transition_time.instant for c in again.conditions} == {NOW}
