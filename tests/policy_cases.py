@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 GOOD: dict[str, dict[str, Any]] = {
     "everything": {"nodeSelector": {}},
@@ -49,6 +54,18 @@ GOOD: dict[str, dict[str, Any]] = {
     "unlimited-shorthand": {"nodeSelector": {}, "maxConcurrent": "unlimited", "schedule": {"cron": "@daily"}},
     "percent-budget": {"nodeSelector": {}, "failureBudget": {"maxFailures": "5%", "window": "24h"}},
 }
+
+
+def readme_examples() -> dict[str, dict[str, Any]]:
+    """The UpdatePolicy examples of the README, by name, so what users copy is tested like the rest."""
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    found = [yaml.safe_load(block) for block in blocks]
+    return {
+        f"readme-{doc['metadata']['name']}": doc["spec"] for doc in found if doc.get("kind") == "UpdatePolicy"
+    }
+
+
+GOOD.update(readme_examples())
 
 
 @dataclass(frozen=True)

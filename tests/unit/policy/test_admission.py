@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brupop.models.policy import Halt, LabelSelector
+from brupop.models.shadow import BottlerocketShadow, ShadowState
 from brupop.models.timestamp import Timestamp
 from brupop.policy.admission import (
     Admission,
@@ -27,13 +28,18 @@ from brupop.policy.admission import (
     WindowClosed,
     admit,
 )
+from brupop.policy.backoff import retry_at
 from brupop.policy.blackout import Period, covering
 from brupop.policy.cron import CronExpression
 from brupop.policy.limits import Count, Limit, Percent, Unlimited
-from brupop.policy.pools import ENV_POOL, Assignment, Defaults, Pool, assign, default_pool
+from brupop.policy.pools import ENV_POOL, Assignment, Defaults, Pool, assign, default_pool, pools_for
+from brupop.policy.rollout import NodeInfo, RolloutConfig, node_name_of, plan, start_order
 from brupop.policy.schedule import Schedule
+from brupop.policy.statemachine import is_active
+from tests.factories import shadow
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
+LABELS = {"bottlerocket.aws/updater-interface-version": "2.0.0"}
 UTC_ZONE = ZoneInfo("UTC")
 
 
@@ -308,3 +314,57 @@ def test_properties_of_admission(
             assert not [n for n in later if n in found.started and assignment.pool_of[n] == pool]
         if name == "stranger":
             assert reason == NodeNotSeen()
+
+
+states = st.sampled_from(list(ShadowState))
+
+
+@st.composite
+def env_fleets(draw: st.DrawFn) -> tuple[list[BottlerocketShadow], dict[str, NodeInfo]]:
+    shadows = []
+    for i in range(draw(st.integers(0, 12))):
+        failed = draw(st.none() | st.integers(0, 20).map(lambda m: NOW - timedelta(minutes=m)))
+        shadows.append(
+            shadow(
+                f"n{i}",
+                spec=draw(states),
+                state=draw(st.none() | states),
+                target=draw(st.sampled_from(["1.0.0", "1.1.0"])),
+                crashes=draw(st.integers(0, 3)),
+                failed_at=failed,
+            )
+        )
+    seen = [node_name_of(s) for s in shadows if draw(st.integers(0, 5)) > 0]
+    return shadows, {n: NodeInfo(name=n, uid=f"uid-{n}", labels=LABELS) for n in seen}
+
+
+@settings(max_examples=300)
+@given(fleet=env_fleets(), limit=st.none() | st.integers(0, 4), window_open=st.booleans())
+def test_with_no_policy_admission_starts_what_the_rollout_pass_starts(
+    fleet: tuple[list[BottlerocketShadow], dict[str, NodeInfo]], limit: int | None, window_open: bool
+) -> None:
+    """The environment-only configuration behaves as before: the default pool admits exactly the nodes
+    today's pass (`brupop.policy.rollout.plan`) starts."""
+    shadows, nodes = fleet
+    expected = plan(
+        shadows, nodes, now=NOW, config=RolloutConfig(max_concurrent=limit), window_open=window_open
+    )
+    env = Defaults(max_concurrent=limit, schedule=ALWAYS if window_open else NIGHT)
+    assignment = pools_for([], nodes.values(), env, now=NOW)
+    waiting = [
+        s for s in shadows if s.status is not None and not is_active(s) and s.status.update_available()
+    ]
+    candidates = [
+        Candidate(node_name_of(s), retry_at=retry_at(s.status))  # type: ignore[arg-type]
+        for s in start_order(waiting, controller_node=None)
+    ]
+    found = admit(
+        assignment,
+        candidates=candidates,
+        in_cycle=[node_name_of(s) for s in shadows if is_active(s)],
+        halts={},
+        drained_at={},
+        now=NOW,
+    )
+    by_shadow = {s.name: node_name_of(s) for s in shadows}
+    assert list(found.started) == [by_shadow[name] for name in expected.started]

@@ -21,6 +21,7 @@ from brupop.policy.pools import (
 )
 from brupop.policy.rollout import NodeInfo
 from brupop.policy.schedule import Schedule, ScheduleKind
+from tests.policy_cases import readme_examples
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 NIGHTLY = Schedule.create(CronExpression.parse("* * 2-4 * * * *"), ZoneInfo("Europe/Paris"), now=NOW)
@@ -182,3 +183,14 @@ def test_a_policy_whose_selector_cannot_be_read_selects_nothing() -> None:
     found = pools_for([obj("bad", {"nodeSelector": 3})], [Node("n1")], ENV, now=NOW)
     assert found.pool_of == {"n1": ENV_POOL}
     assert not found.pools["bad"].usable
+
+
+def test_the_readme_examples_can_be_followed() -> None:
+    examples = readme_examples()
+    assert sorted(examples) == ["readme-karpenter", "readme-stop-everything", "readme-workers"]
+    for name, spec in examples.items():
+        assert pool(name, spec).usable, name
+    workers = pool("workers", examples["readme-workers"])
+    assert workers.schedule is not None
+    assert workers.schedule.kind is ScheduleKind.WINDOW
+    assert len(workers.blackouts) == 2
