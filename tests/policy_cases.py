@@ -126,6 +126,13 @@ BAD: dict[str, Bad] = {
     "percent-over-100": Bad(_with(maxConcurrent="150%"), "spec.maxConcurrent", "0% to 100%"),
     "negative-count": Bad(_with(maxConcurrent=-2), "spec.maxConcurrent", "0 or more"),
     "count-as-string": Bad(_with(maxConcurrent="3"), "spec.maxConcurrent", "must be a count"),
+    "percent-leading-zero": Bad(_with(maxConcurrent="07%"), "spec.maxConcurrent", "must be a count"),
+    "count-too-high": Bad(_with(maxConcurrent=100001), "spec.maxConcurrent", "must be a count"),
+    "budget-leading-zero": Bad(
+        _with(failureBudget={"maxFailures": "05%", "window": "1h"}),
+        "spec.failureBudget.maxFailures",
+        "1% to 100%",
+    ),
     "priority-too-high": Bad(_with(priority=5000), "spec.priority", "1000", same_message=False),
     "paused-not-bool": Bad(_with(paused="yes"), "spec.paused", "boolean", same_message=False),
     "cron-fields": Bad(_with(schedule={"cron": "* * *"}), "spec.schedule.cron", "must have 6 or 7 fields"),

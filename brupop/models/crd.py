@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Annotated, Any, Final, Union, get_args, get_origin
 
 from brupop.models import constants as c
-from brupop.models.policy import UpdatePolicy, UpdatePolicySpec, UpdatePolicyStatus
+from brupop.models.policy import UpdatePolicySpec, UpdatePolicyStatus
 from brupop.models.shadow import ShadowSpec, ShadowStatus
 from brupop.models.shadow_v1 import ShadowSpecV1, ShadowStatusV1
 from brupop.models.timestamp import Timestamp
@@ -230,7 +230,9 @@ def update_policy_crd() -> dict[str, Any]:
                     "storage": True,
                     "schema": {
                         "openAPIV3Schema": {
-                            "description": inspect.cleandoc(UpdatePolicy.__doc__ or ""),
+                            "description": "A pool of opted-in Bottlerocket nodes (by label selector) and "
+                            "how brupop updates it: how many at once, when, what stops it, and what marks a "
+                            "node carries while it updates.",
                             "type": "object",
                             "required": ["spec"],
                             "properties": {

@@ -41,26 +41,34 @@ LabelValue = Annotated[str, MaxSize(63), Pattern(f"^{LABEL_VALUE}$")]
 _KEY_WORDS: Final = "a qualified name such as example.com/pool or pool"
 
 
-def _int_or_percent(value: int | str, *, low: int, high: int, max_count: int) -> bool:
+PERCENT: Final = r"(100|[1-9]?[0-9])%"
+"""0% to 100%, written the one way (no leading zeros)."""
+POSITIVE_PERCENT: Final = r"(100|[1-9][0-9]?)%"
+MAX_COUNT: Final = 100_000
+
+
+def _count_or_percent(value: int | str, *, low: int, percent: str) -> bool:
     if isinstance(value, int):
-        return low <= value <= max_count
-    match = re.fullmatch(r"([0-9]{1,3})%", value)
-    return match is not None and max(low, 0) <= int(match[1]) <= high
+        return low <= value <= MAX_COUNT
+    return re.fullmatch(percent, value) is not None
 
 
 MAX_CONCURRENT_RULE: Final = Rule(
     cel=(
-        "type(self) == int ? self >= 0 && self <= 100000 : "
-        "self == 'unlimited' || self.matches('^(100|[1-9]?[0-9])%$')"
+        f"type(self) == int ? self >= 0 && self <= {MAX_COUNT} : "
+        f"self == 'unlimited' || self.matches({cel_quote('^' + PERCENT + '$')})"
     ),
     message='must be a count (0 or more, e.g. 3), a percentage of the pool (0% to 100%, e.g. "10%") '
     'or "unlimited"',
-    check=lambda value: value == "unlimited" or _int_or_percent(value, low=0, high=100, max_count=100000),
+    check=lambda value: value == "unlimited" or _count_or_percent(value, low=0, percent=PERCENT),
 )
 MAX_FAILURES_RULE: Final = Rule(
-    cel="type(self) == int ? self >= 1 && self <= 100000 : self.matches('^(100|[1-9][0-9]?)%$')",
+    cel=(
+        f"type(self) == int ? self >= 1 && self <= {MAX_COUNT} : "
+        f"self.matches({cel_quote('^' + POSITIVE_PERCENT + '$')})"
+    ),
     message='must be a count (1 or more, e.g. 2) or a percentage of the pool (1% to 100%, e.g. "10%")',
-    check=lambda value: _int_or_percent(value, low=1, high=100, max_count=100000),
+    check=lambda value: _count_or_percent(value, low=1, percent=POSITIVE_PERCENT),
 )
 
 # Durations: whole hours, minutes and seconds, in that order (`90s`, `30m`, `1h30m`), more than zero. A
@@ -80,6 +88,17 @@ def duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m or 1h30m")
     hours, minutes, seconds = (int(part[:-1]) if part else 0 for part in match.groups())
     return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def duration_text(span: timedelta) -> str:
+    """A timedelta in the same notation (`1h30m`, `45s`; whole seconds)."""
+    seconds = int(span.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    text = "".join(
+        f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if value
+    )
+    return text or "0s"
 
 
 # A local date (`2025-12-24`) or date and time (`2025-12-24T18:00`, `2025-12-24T18:00:00`), in the policy's
@@ -114,7 +133,7 @@ def _is_local_time(text: str) -> bool:
 LOCAL_TIME_RULE: Final = Rule(
     cel=(
         f"self.matches({cel_quote('^' + LOCAL_TIME + '$')}) && "
-        f"timestamp({_cel_complete('self', day_end='00:00:00')} + 'Z') > timestamp('0001-01-01T00:00:00Z')"
+        f"timestamp({_cel_complete('self', day_end='00:00:00')} + 'Z') >= timestamp('0001-01-01T00:00:00Z')"
     ),
     message="must be a real date (2025-12-24) or local date and time "
     "(2025-12-24T18:00 or 2025-12-24T18:00:00)",
@@ -418,9 +437,7 @@ class UpdatePolicyStatus(Wire):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdatePolicy(Wire):
-    """An update policy: a pool of opted-in Bottlerocket nodes (by label selector) and how brupop updates
-    it: how many at once, when, what stops it, what marks a node carries while it updates.
-    `metadata` is kept as the cluster sent it."""
+    """A whole UpdatePolicy object. `metadata` is kept as the cluster sent it."""
 
     EXTRA: ClassVar[Extra] = "ignore"
 

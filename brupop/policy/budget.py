@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from brupop.models.constants import POLICY_PLURAL, RESUMED_AT_ANNOTATION
-from brupop.models.policy import Failure, Halt
+from brupop.models.policy import Failure, Halt, duration_text
 from brupop.models.shadow import BottlerocketShadow
 from brupop.models.timestamp import Timestamp
 from brupop.policy.limits import Count, Percent
@@ -114,10 +114,11 @@ def account(
     counted = counted[-threshold:]
     if halt is None and len(counted) >= threshold:
         nodes = sorted({f.node for f in counted})
+        spent = f"{len(counted)} failed updates within {duration_text(budget.window)} ({', '.join(nodes)})"
         halt = Halt(
             since=Timestamp.from_datetime(now),
             failed_nodes=nodes,
-            message=f"{len(counted)} failed updates within {budget.window} ({', '.join(nodes)}) spent the "
-            f"failure budget; nothing new starts until an operator resumes the pool: {resume_command(pool)}",
+            message=f"{spent} spent the failure budget; nothing new starts until an operator resumes the "
+            f"pool: {resume_command(pool)}",
         )
     return BudgetState(failures=tuple(counted), halt=halt)

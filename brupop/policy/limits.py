@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from brupop.models.policy import PERCENT
+
 UNLIMITED: Final = "unlimited"
 
 
@@ -59,8 +61,8 @@ def parse_limit(value: int | str) -> Limit:
         return Count(value)
     if value == UNLIMITED:
         return Unlimited()
-    match = re.fullmatch(r"([0-9]{1,3})%", value)
-    if match is None or int(match[1]) > 100:
+    match = re.fullmatch(PERCENT, value)
+    if match is None:
         raise ValueError(f"{value!r}: expected a count, a percentage from 0% to 100% or {UNLIMITED!r}")
     return Percent(int(match[1]))
 

@@ -20,6 +20,7 @@ from brupop.models.policy import (
     PolicyState,
     UpdatePolicyStatus,
     WindowState,
+    duration_text,
 )
 from brupop.models.shadow import BottlerocketShadow, ShadowState
 from brupop.models.timestamp import Timestamp
@@ -128,9 +129,8 @@ def _conditions(
     if budget.halt is not None:
         halted = Wanted("Halted", true, "FailureBudgetSpent", _joined(budget.halt.message, notes))
     elif pool.budget is not None:
-        counted = (
-            f"{len(budget.failures)} of {pool.budget.threshold(size)} failures within {pool.budget.window}"
-        )
+        window = duration_text(pool.budget.window)
+        counted = f"{len(budget.failures)} of {pool.budget.threshold(size)} failures within {window}"
         halted = Wanted("Halted", false, "WithinBudget", _joined(counted, notes))
     else:
         halted = Wanted("Halted", false, "NoFailureBudget", _joined("no failure budget", notes))

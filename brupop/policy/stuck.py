@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from brupop.models.policy import Failure
+from brupop.models.policy import Failure, duration_text
 from brupop.models.shadow import BottlerocketShadow, ShadowState
 from brupop.models.timestamp import Timestamp
 from brupop.policy.statemachine import is_active
@@ -30,7 +30,7 @@ class Stuck:
         return Failure(
             node=self.node,
             at=Timestamp.from_datetime(self.deadline),
-            reason=f"stuck: not {self.heading_to.value} within {self.deadline - self.since}",
+            reason=f"stuck: not {self.heading_to.value} within {duration_text(self.deadline - self.since)}",
         )
 
     def message(self) -> str:

@@ -4,6 +4,7 @@ every good policy and keeps each field as written, refuses each bad one with a m
 and `kubectl get` shows the printer columns."""
 
 import subprocess
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,8 +12,14 @@ import pytest
 from brupop.kube.client import ApiError, KubeClient, Resource
 from brupop.models import constants as c
 from brupop.models.crd import update_policy_crd
-from brupop.models.policy import UpdatePolicy
+from brupop.models.policy import Failure, UpdatePolicy, UpdatePolicyStatus
+from brupop.models.timestamp import Timestamp
 from brupop.models.wire import WireError
+from brupop.policy.admission import PoolPass
+from brupop.policy.budget import BudgetState, account
+from brupop.policy.policy_status import Member, policy_status
+from brupop.policy.pools import Defaults, read_policy, resolve
+from brupop.policy.schedule import schedule_from_settings
 from integ.build import build
 from integ.cluster import ClusterState
 from integ.kubetools import install_crd
@@ -77,19 +84,67 @@ def kubectl(cluster: ClusterState, *args: str) -> str:
     return done.stdout
 
 
+def computed_status() -> dict[str, Any]:
+    """A status as the controller will write it: a halted pool with failures and conditions."""
+    now = datetime.now(UTC)
+    env = Defaults(
+        max_concurrent=2,
+        schedule=schedule_from_settings(
+            cron_expression="* * 2-4 * * * *", window_start=None, window_stop=None, timezone=None, now=now
+        )[0],
+    )
+    pool = resolve(read_policy(policy("columns", GOOD["karpenter"])), env, now=now)
+    failures = [
+        Failure(node=n, at=Timestamp.from_datetime(now - timedelta(minutes=1)), reason="boom")
+        for n in ("a", "b")
+    ]
+    budget = account(
+        pool.budget,
+        pool="columns",
+        previous=BudgetState(),
+        observed=failures,
+        pool_size=4,
+        resumed=None,
+        now=now,
+    )
+    passed = PoolPass(
+        pool="columns",
+        size=4,
+        limit=2,
+        in_cycle=1,
+        started=(),
+        window_open=False,
+        blackout=None,
+        next_opening=now + timedelta(hours=3),
+    )
+    members = {"a": Member.FAILED, "b": Member.FAILED, "c": Member.UPDATING, "d": Member.UP_TO_DATE}
+    status = policy_status(
+        pool,
+        passed=passed,
+        members=members,
+        held=["d"],
+        budget=budget,
+        overlaps=(),
+        stuck=(),
+        previous=None,
+        now=now,
+    )
+    return status.to_wire()
+
+
 @pytest.mark.integration
 async def test_status_is_a_subresource_and_kubectl_shows_the_columns(
     kube: KubeClient, crd: None, cluster: ClusterState
 ) -> None:
     name = "columns"
-    await kube.create(POLICIES, policy(name, GOOD["weekend-workers"]))
+    await kube.create(POLICIES, policy(name, GOOD["karpenter"]))
     try:
-        status = {"state": "Halted", "selected": 12, "upToDate": 7, "updating": 2, "failed": 2, "held": 1}
-        status |= {"limit": "2", "window": "Closed", "nextOpening": "2026-01-03T02:00:00Z"}
         ignored = await kube.merge_patch(POLICIES, name, {"status": {"selected": 99}})
         assert "status" not in ignored  # the main resource ignores status
+        status = computed_status()
         written = await kube.merge_patch(POLICIES, name, {"status": status}, subresource="status")
-        assert UpdatePolicy.from_wire(written).status is not None
+        stored = UpdatePolicy.from_wire(written).status
+        assert stored == UpdatePolicyStatus.from_wire(status)
         table = kubectl(cluster, "get", "brup", name, "-o", "wide").splitlines()
         assert table[0].split() == [
             "NAME",
@@ -104,6 +159,6 @@ async def test_status_is_a_subresource_and_kubectl_shows_the_columns(
             "NEXT-OPENING",
             "AGE",
         ]
-        assert table[1].split()[:9] == [name, "Halted", "12", "7", "2", "2", "1", "2", "Closed"]
+        assert table[1].split()[:9] == [name, "Halted", "4", "1", "1", "2", "1", "2", "Closed"]
     finally:
         await kube.delete(POLICIES, name)

@@ -22,6 +22,7 @@ from brupop.models.policy import (
     UpdatePolicyStatus,
     WindowState,
     duration,
+    duration_text,
     local_time,
 )
 from brupop.models.timestamp import Timestamp
@@ -139,3 +140,11 @@ def test_status_round_trips_and_object_accessors() -> None:
     assert (policy.name, policy.generation, policy.annotations) == ("p", 3, {"x": "y"})
     bare = UpdatePolicy.from_wire({"metadata": {"generation": True}, "spec": {"nodeSelector": {}}})
     assert (bare.name, bare.generation, bare.annotations) == ("", None, {})
+
+
+@given(st.integers(0, 99999 * 3600))
+def test_duration_text_reads_back_as_the_same_duration(seconds: int) -> None:
+    span = timedelta(seconds=seconds)
+    text = duration_text(span)
+    assert text == "0s" or duration(text) == span
+    assert duration_text(timedelta(minutes=90)) == "1h30m"

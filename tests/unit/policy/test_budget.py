@@ -42,7 +42,7 @@ def test_the_second_failure_within_the_window_halts_the_pool() -> None:
     assert two.halt is not None
     assert two.halt.since.instant == NOW
     assert two.halt.failed_nodes == ["a", "b"]
-    assert "2 failed updates within 1:00:00 (a, b)" in two.halt.message
+    assert "2 failed updates within 1h (a, b)" in two.halt.message
     assert resume_command("web") in two.halt.message
     later = run(two, now=NOW + timedelta(hours=5))
     assert later.halt == two.halt

@@ -23,7 +23,7 @@ def test_parse(value: int | str, limit: object) -> None:
     assert str(limit) == str(value)
 
 
-@pytest.mark.parametrize("value", [-1, "101%", "3", "ten%", "", "UNLIMITED"])
+@pytest.mark.parametrize("value", [-1, "101%", "07%", "3", "ten%", "", "UNLIMITED"])
 def test_parse_refuses_what_the_schema_refuses(value: int | str) -> None:
     with pytest.raises(ValueError, match=str(value) if value else "expected"):
         parse_limit(value)

@@ -153,7 +153,7 @@ def test_a_halted_pool_in_a_blackout_with_overlaps_stuck_nodes_and_a_notice() ->
     assert conditions(within)["Halted"] == (
         "False",
         "WithinBudget",
-        "1 of 2 failures within 1:00:00; resumed-at ignored",
+        "1 of 2 failures within 1h; resumed-at ignored",
     )
 
 

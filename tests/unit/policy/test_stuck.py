@@ -25,7 +25,7 @@ def test_a_step_past_its_deadline_is_stuck_and_one_failure() -> None:
     assert (found.heading_to, found.since) == (S.REBOOTED_INTO_UPDATE, NOW - timedelta(hours=1))
     failure = found.failure()
     assert (failure.node, failure.at.instant) == ("n1", NOW - timedelta(minutes=15))
-    assert "not RebootedIntoUpdate within 0:45:00" in failure.reason
+    assert "not RebootedIntoUpdate within 45m" in failure.reason
     assert found.failure() == stuck(node, node="n1", limit=LIMIT, now=NOW + timedelta(hours=1)).failure()  # type: ignore[union-attr]
     assert found.message() == "n1 has not reached RebootedIntoUpdate since 2025-06-01T11:00:00+00:00"
 
