@@ -2,6 +2,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from brupop.models.policy import (
     Condition,
     ConditionStatus,
@@ -216,3 +219,19 @@ def test_transition_times_change_only_with_the_status() -> None:
         now=NOW + timedelta(hours=1),
     )
     assert {c.last_transition_time.instant for c in again.conditions} == {NOW}
+
+
+@given(
+    members=st.dictionaries(st.sampled_from([f"n{i}" for i in range(12)]), st.sampled_from(list(Member))),
+    held=st.sets(st.sampled_from(["n0", "n1", "x"])),
+)
+def test_counts_add_up_to_the_pool(members: dict[str, Member], held: set[str]) -> None:
+    status = status_of(members=members, held=held)
+    unknown = sum(state is Member.UNKNOWN for state in members.values())
+    waiting = sum(state is Member.WAITING for state in members.values())
+    assert (
+        status.up_to_date + status.updating + status.failed + unknown + waiting
+        == status.selected
+        == len(members)
+    )
+    assert status.held == len(held & members.keys())

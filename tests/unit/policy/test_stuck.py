@@ -1,8 +1,12 @@
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from brupop.models.shadow import BottlerocketShadow, ShadowState
 from brupop.models.timestamp import Timestamp
+from brupop.policy.statemachine import is_active
 from brupop.policy.stuck import deadline, stuck
 from tests.factories import shadow
 
@@ -46,3 +50,21 @@ def test_not_stuck_before_the_deadline_outside_a_cycle_or_without_a_limit_or_sta
     assert deadline(old, None) is None
     unknown_start = stepping(S.REBOOTED_INTO_UPDATE, S.STAGED_AND_PERFORMED_UPDATE, started=None)
     assert stuck(unknown_start, node="n1", limit=LIMIT, now=NOW) is None
+
+
+@given(
+    spec=st.sampled_from(list(S)),
+    state=st.sampled_from(list(S)),
+    minutes_ago=st.integers(0, 300),
+    limit=st.none() | st.integers(1, 120).map(lambda m: timedelta(minutes=m)),
+)
+def test_stuck_exactly_when_a_cycle_step_outlasts_its_limit(
+    spec: ShadowState, state: ShadowState, minutes_ago: int, limit: timedelta | None
+) -> None:
+    node = stepping(spec, state, started=NOW - timedelta(minutes=minutes_ago))
+    found = stuck(node, node="n1", limit=limit, now=NOW)
+    expected = limit is not None and is_active(node) and timedelta(minutes=minutes_ago) >= limit
+    assert (found is not None) == expected
+    if found is not None:
+        assert found.deadline <= NOW
+        assert found.failure().at.instant == found.deadline
