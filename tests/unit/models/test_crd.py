@@ -1,16 +1,12 @@
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from brupop import manifests
 from brupop.models.crd import custom_resource_definition, structural_schema
 from brupop.models.shadow import ShadowStatus
 from brupop.models.version import SEMVER_PATTERN
 from brupop.models.wire import Wire
-
-REPO = Path(__file__).resolve().parents[3]
 
 
 def versions() -> dict[str, dict[str, Any]]:
@@ -114,14 +110,3 @@ def test_types_without_a_schema_are_refused() -> None:
 
     with pytest.raises(TypeError, match="no CRD schema"):
         structural_schema(Nested)
-
-
-def test_checked_in_manifests_match_the_code() -> None:
-    assert manifests.stale_files(REPO / "manifests") == []
-
-
-def test_check_mode_reports_stale_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert manifests.main(["--dir", str(tmp_path), "--check"]) == 1
-    assert "custom-resource-definition.yaml is stale" in capsys.readouterr().err
-    assert manifests.main(["--dir", str(tmp_path)]) == 0
-    assert manifests.main(["--dir", str(tmp_path), "--check"]) == 0
