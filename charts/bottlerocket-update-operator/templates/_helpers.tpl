@@ -75,26 +75,20 @@ annotations:
 {{- end -}}
 
 {{/*
-The pod spec fields every brupop pod has: the image pull secrets, and the placement: the component's
-affinity with the chart's required node affinity put in (a user's own required node affinity is refused:
-it would replace the chart's), then nodeSelector, tolerations, topologySpreadConstraints and
-priorityClassName, each from the component's own values. Call with (dict "root" $ "name" "agent" "values"
+The pod spec fields every brupop pod has: the placement (the component's affinity with the chart's
+required node affinity put in, a user's own required node affinity refused since it would replace the
+chart's; then nodeSelector, tolerations, topologySpreadConstraints and priorityClassName, each from the
+component's own values) and the image pull secrets. Call with (dict "root" $ "name" "agent" "values"
 .Values.agent "terms" (list of nodeSelectorTerms) "why" "...").
 */}}
 {{- define "brupop.podSpec" -}}
-{{- with .root.Values.image.pullSecrets }}
-imagePullSecrets:
-  {{- range . }}
-  - name: {{ . }}
-  {{- end }}
-{{- end }}
 {{- $affinity := deepCopy (.values.affinity | default dict) }}
 {{- $node := get $affinity "nodeAffinity" | default dict }}
 {{- if hasKey $node "requiredDuringSchedulingIgnoredDuringExecution" }}
 {{- fail (printf "%s.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution: the chart sets it (%s); narrow where the %s runs with %s.nodeSelector instead" .name .why .name .name) }}
 {{- end }}
 {{- $_ := set $node "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" .terms) }}
-{{- $_ := set $affinity "nodeAffinity" $node }}
+{{- $_ := set $affinity "nodeAffinity" $node -}}
 affinity:
   {{- toYaml $affinity | nindent 2 }}
 {{- with .values.nodeSelector }}
@@ -111,6 +105,12 @@ topologySpreadConstraints:
 {{- end }}
 {{- with .values.priorityClassName }}
 priorityClassName: {{ . }}
+{{- end }}
+{{- with .root.Values.image.pullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
 {{- end }}
 {{- end -}}
 
