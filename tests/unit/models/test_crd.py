@@ -1,16 +1,12 @@
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from brupop import manifests
 from brupop.models.crd import custom_resource_definition, structural_schema, update_policy_crd
 from brupop.models.version import SEMVER_PATTERN
 from brupop.models.wire import Wire
-
-REPO = Path(__file__).resolve().parents[3]
 
 
 def versions() -> dict[str, dict[str, Any]]:
@@ -114,19 +110,6 @@ def test_types_without_a_schema_are_refused() -> None:
 
     with pytest.raises(TypeError, match="no CRD schema"):
         structural_schema(Odd)
-
-
-def test_checked_in_manifests_match_the_code() -> None:
-    assert manifests.stale_files(REPO / "manifests") == []
-
-
-def test_check_mode_reports_stale_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert manifests.main(["--dir", str(tmp_path), "--check"]) == 1
-    err = capsys.readouterr().err
-    assert "custom-resource-definition.yaml is stale" in err
-    assert "update-policy-crd.yaml is stale" in err
-    assert manifests.main(["--dir", str(tmp_path)]) == 0
-    assert manifests.main(["--dir", str(tmp_path), "--check"]) == 0
 
 
 def test_update_policy_crd_identity_and_columns() -> None:
