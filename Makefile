@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint type unit integration controlplane demo clean
+.PHONY: test lint type unit integration controlplane demo manifests clean
 
 test: lint type unit integration
 
@@ -37,6 +37,11 @@ integration: controlplane
 
 demo: controlplane
 	$(BIN)/python -m integ demo $(ARGS)
+
+# The CRD chart's CRD from the models, then the one-file manifest from the charts (needs helm: controlplane).
+manifests: controlplane
+	$(BIN)/python -m brupop.manifests
+	$(BIN)/python -m integ.helm manifest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -4,7 +4,7 @@
   (`securityContext.supplementalGroups`: 274, the group of Bottlerocket's host socket), through
   `integ.unprivileged`;
 - with the container's environment from that DaemonSet, the downward API resolved from the real pod
-  (`spec.nodeName`, `metadata.namespace`), and the local stand-ins for what the pod mounts;
+  (`integ.podenv`), and the local stand-ins for what the pod mounts;
 - with the pod's identity: a pod-bound token for the Kubernetes API (a kubeconfig holding the cluster CA,
   and no namespace, as in-cluster configuration has none of its own) and one of audience
   `brupop-apiserver` for the brupop apiserver, and the apiserver's CA; all in a directory of files that
@@ -36,6 +36,7 @@ from brupop.models.constants import NAMESPACE
 from integ.cluster import ClusterState, free_port
 from integ.kubetools import eventually, pod_bound_token
 from integ.operator import KINDS, RunningApiserver, agent_pod, agent_token, stop_process
+from integ.podenv import container_env
 from integ.unprivileged import command, needs_root, remove, shared_directory
 
 IMAGE_USER = 65532
@@ -43,25 +44,6 @@ IMAGE_USER = 65532
 REPO = Path(__file__).resolve().parent.parent
 Obj = dict[str, Any]
 _started = itertools.count()
-
-
-def downward(pod: Mapping[str, Any], field_path: str) -> str:
-    """The value the kubelet gives an env `fieldRef` (e.g. `metadata.namespace`) for `pod`."""
-    value: Any = pod
-    for part in field_path.split("."):
-        value = value[part]
-    return str(value)
-
-
-def container_env(pod: Mapping[str, Any]) -> dict[str, str]:
-    """The agent container's environment as the kubelet would set it for `pod` (values and fieldRefs)."""
-    env: dict[str, str] = {}
-    for entry in pod["spec"]["containers"][0].get("env", []):
-        if "value" in entry:
-            env[entry["name"]] = entry["value"]
-        else:
-            env[entry["name"]] = downward(pod, entry["valueFrom"]["fieldRef"]["fieldPath"])
-    return env
 
 
 def _readable(path: Path, content: bytes | str) -> Path:

@@ -1,9 +1,11 @@
-"""Build the control-plane binaries from the pinned Go modules under `integ/gomod/`, once.
+"""Build the test world's binaries from the pinned Go modules under `integ/gomod/`, once: the control plane
+(kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok) and helm.
 
 The binaries land in `~/.cache/brupop-integ/bin/<versions>/`, named by the pinned versions and the Go
-version, so a warm cache skips the build entirely and a version bump builds afresh. Each build goes to a
-temporary directory that is renamed into place only when complete, so an interrupted build never leaves a
-half-filled cache. Go's module and build caches live beside it, which makes rebuilds fast.
+version, so a warm cache skips the build entirely and a version bump builds afresh; helm has a directory of
+its own, so bumping it rebuilds helm alone. Each build goes to a temporary directory that is renamed into
+place only when complete, so an interrupted build never leaves a half-filled cache. Go's module and build
+caches live beside it, which makes rebuilds fast.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Target:
     binary: str
 
 
-TARGETS = (
+CONTROL_PLANE = (
     Target("k8s", "k8s.io/kubernetes/cmd/kube-apiserver", "kube-apiserver"),
     Target("k8s", "k8s.io/kubernetes/cmd/kube-controller-manager", "kube-controller-manager"),
     Target("k8s", "k8s.io/kubernetes/cmd/kube-scheduler", "kube-scheduler"),
@@ -38,7 +40,8 @@ TARGETS = (
     Target("etcd", "go.etcd.io/etcd/server/v3", "etcd"),
     Target("kwok", "sigs.k8s.io/kwok/cmd/kwok", "kwok"),
 )
-BINARIES = tuple(t.binary for t in TARGETS)
+BINARIES = tuple(t.binary for t in CONTROL_PLANE)
+HELM = Target("helm", "helm.sh/helm/v4/cmd/helm", "helm")
 
 
 class BuildError(RuntimeError):
@@ -69,6 +72,10 @@ def bin_dir() -> Path:
     return CACHE / "bin" / f"k8s-{k8s}_etcd-{etcd}_kwok-{kwok}_{go_version()}"
 
 
+def helm_dir() -> Path:
+    return CACHE / "bin" / f"helm-{pinned_version('helm', 'helm.sh/helm/v4')}_{go_version()}"
+
+
 def go_env() -> Mapping[str, str]:
     return {
         **os.environ,
@@ -93,20 +100,36 @@ def _ldflags(target: Target) -> str:
                 f"-X {pkg}.gitTreeState=clean",
                 f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
             ]
+    if target.module_dir == "helm":
+        pkg = "helm.sh/helm/v4/internal/version"
+        flags += [
+            f"-X {pkg}.version={pinned_version('helm', 'helm.sh/helm/v4')}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
     return " ".join(flags)
 
 
-def build(*, out: Path | None = None, log: TextIO = sys.stderr) -> Path:
-    """The directory holding every binary, building what is missing."""
-    target_dir = out or bin_dir()
-    if all((target_dir / name).is_file() for name in BINARIES):
-        print(f"control plane binaries: cached in {target_dir}", file=log)
+def build(*, log: TextIO = sys.stderr) -> Path:
+    """The directory holding every control-plane binary, building what is missing (and helm, which
+    `helm_binary` finds in a directory of its own)."""
+    directory = _cached(bin_dir(), CONTROL_PLANE, what="control plane", log=log)
+    helm_binary(log=log)
+    return directory
+
+
+def helm_binary(*, log: TextIO = sys.stderr) -> Path:
+    return _cached(helm_dir(), (HELM,), what="helm", log=log) / HELM.binary
+
+
+def _cached(target_dir: Path, targets: tuple[Target, ...], *, what: str, log: TextIO) -> Path:
+    if all((target_dir / t.binary).is_file() for t in targets):
+        print(f"{what} binaries: cached in {target_dir}", file=log)
         return target_dir
     staging = target_dir.with_name(target_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     started = time.monotonic()
-    for target in TARGETS:
+    for target in targets:
         step = time.monotonic()
         print(f"building {target.binary} from {target.package} ...", file=log, flush=True)
         command = [
@@ -127,5 +150,5 @@ def build(*, out: Path | None = None, log: TextIO = sys.stderr) -> Path:
         print(f"  {target.binary}: {time.monotonic() - step:.0f}s", file=log, flush=True)
     shutil.rmtree(target_dir, ignore_errors=True)
     staging.rename(target_dir)
-    print(f"control plane built in {time.monotonic() - started:.0f}s: {target_dir}", file=log)
+    print(f"{what} built in {time.monotonic() - started:.0f}s: {target_dir}", file=log)
     return target_dir

@@ -4,16 +4,13 @@ comments and label values; the labels are replaced with plain ones."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from brupop.kube.client import KubeClient
-from integ.build import go_env
+from integ.gomodules import module_dir
 from integ.kubetools import install_crd
 
 MODULE = "github.com/cert-manager/cert-manager"
@@ -21,16 +18,7 @@ VERSION = "v1.16.2"
 
 
 def crd_files() -> list[Path]:
-    with tempfile.TemporaryDirectory() as scratch:
-        answer = subprocess.run(
-            ["go", "mod", "download", "-json", f"{MODULE}@{VERSION}"],
-            cwd=scratch,
-            env={**go_env(), "GOFLAGS": "-mod=mod"},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    return sorted((Path(json.loads(answer.stdout)["Dir"]) / "deploy" / "crds").glob("crd-*.yaml"))
+    return sorted((module_dir(MODULE, VERSION) / "deploy" / "crds").glob("crd-*.yaml"))
 
 
 def crds() -> list[dict[str, Any]]:

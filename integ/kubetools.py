@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from brupop.kube.client import NAMESPACES, NODES, PODS, SERVICE_ACCOUNTS, ApiError, KubeClient, Resource
 from brupop.kube.config import KubeConfig
-from brupop.models.constants import UPDATER_INTERFACE_LABEL, UPDATER_INTERFACE_VERSION
+from brupop.models.constants import CRD_NAME, UPDATER_INTERFACE_LABEL, UPDATER_INTERFACE_VERSION
 from integ.cluster import KWOK_NODE_LABEL, ClusterState
+from integ.helm import chart_objects, find
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -152,13 +151,12 @@ def running(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
-MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 
 
 def crd_for_local_use(*, webhook_url: str | None = None, ca_pem: bytes | None = None) -> Obj:
-    """The checked-in CRD, its conversion webhook pointed at `webhook_url` (a local HTTPS server trusted
+    """The CRD chart's CRD, its conversion webhook pointed at `webhook_url` (a local HTTPS server trusted
     through `ca_pem`), or conversion turned off when no URL is given (v2 objects need none)."""
-    crd: Obj = yaml.safe_load((MANIFESTS / "custom-resource-definition.yaml").read_text())
+    crd = find(chart_objects(), "CustomResourceDefinition", CRD_NAME)
     if webhook_url is None:
         crd["spec"]["conversion"] = {"strategy": "None"}
     else:

@@ -1,5 +1,5 @@
 """brupop's own parts on the local cluster, as a real installation has them: the RBAC objects of the
-generated manifest, service-account identities, agent pods on kwok nodes with pod-bound tokens, and the
+Helm charts, service-account identities, agent pods on kwok nodes with pod-bound tokens, and the
 brupop apiserver under its own service account with a certificate of the cluster's CA, either in this
 process (quick, for focused tests) or as a process of its own (which a scenario can kill outright)."""
 
@@ -23,11 +23,12 @@ from brupop.agent.apiclient import ApiserverClient
 from brupop.agent.host import HostClient
 from brupop.apiserver.server import serve
 from brupop.apiserver.settings import ApiserverSettings
-from brupop.deploy import AGENT_SA, APISERVER_SA, manifest
+from brupop.deploy import AGENT_SA, APISERVER_SA
 from brupop.kube.client import PODS, SERVICE_ACCOUNTS, ApiError, KubeClient, Resource
 from brupop.kube.config import KubeConfig
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE, TOKEN_AUDIENCE
 from integ.cluster import ClusterState, free_port
+from integ.helm import chart_objects
 from integ.kubetools import eventually, pod_bound_token
 from integ.pki import CertificateAuthority
 
@@ -70,7 +71,7 @@ RBAC_KINDS = frozenset({"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "
 
 
 async def install_rbac(kube: KubeClient) -> None:
-    await apply(kube, [o for o in manifest() if o["kind"] in RBAC_KINDS])
+    await apply(kube, [o for o in chart_objects() if o["kind"] in RBAC_KINDS])
 
 
 async def service_account_token(kube: KubeClient, name: str, *, audiences: list[str] | None = None) -> str:
@@ -95,8 +96,8 @@ def config_as(cluster: ClusterState, token: str) -> KubeConfig:
 
 
 async def install_agents(kube: KubeClient) -> None:
-    """The manifest's agent DaemonSet: the DaemonSet controller puts an agent pod on every labelled node."""
-    await apply(kube, [o for o in manifest() if o["kind"] == "DaemonSet"])
+    """The chart's agent DaemonSet: the DaemonSet controller puts an agent pod on every labelled node."""
+    await apply(kube, [o for o in chart_objects() if o["kind"] == "DaemonSet"])
 
 
 async def agent_pod(kube: KubeClient, node: str) -> Obj:

@@ -1,6 +1,9 @@
 """A throw-away PKI for one local cluster: a CA, the kube-apiserver's serving certificate, an admin client
 certificate (group system:masters), the service-account signing key pair, and serving certificates for
-our own HTTPS servers on 127.0.0.1 (the brupop apiserver, which also serves the conversion webhook)."""
+our own HTTPS servers on 127.0.0.1 (the brupop apiserver, which also serves the conversion webhook).
+
+Certificates carry subject and authority key identifiers, as those of kubeadm and cert-manager do (Go's
+x509 writes them): Python 3.13's default TLS context verifies strictly and refuses a chain without them."""
 
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ class CertificateAuthority:
             .add_extension(
                 x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
             )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
         _write_cert(directory / "ca.crt", cert)
@@ -94,6 +98,10 @@ class CertificateAuthority:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
         )
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
             [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []

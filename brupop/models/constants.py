@@ -38,3 +38,22 @@ SHADOW_NAME_PREFIX: Final = "brs-"
 def shadow_name(node_name: str) -> str:
     """The BottlerocketShadow that tracks `node_name` (one per node, in the operator's namespace)."""
     return f"{SHADOW_NAME_PREFIX}{node_name}"
+
+
+# The UpdatePolicy resource (cluster-scoped; see brupop/models/policy.py).
+POLICY_KIND: Final = "UpdatePolicy"
+POLICY_PLURAL: Final = "updatepolicies"
+POLICY_SINGULAR: Final = "updatepolicy"
+POLICY_SHORT_NAME: Final = "brup"
+POLICY_VERSION: Final = "v1alpha1"
+POLICY_CRD_NAME: Final = f"{POLICY_PLURAL}.{API_GROUP}"
+API_VERSION_POLICY: Final = "brupop.bottlerocket.aws/v1alpha1"
+
+BRUPOP_PREFIX: Final = f"{API_GROUP}/"
+"""Labels and annotations under this prefix are brupop's own; policies may not ask to set them."""
+HOLD_ANNOTATION: Final = f"{API_GROUP}/hold"
+"""On a Node: keep it out of new update cycles (the value is the reason shown; `false` means not held)."""
+RESUMED_AT_ANNOTATION: Final = f"{API_GROUP}/resumed-at"
+"""On an UpdatePolicy: an RFC 3339 time; a failure-budget halt that began at or before it is cleared."""
+DURING_UPDATE_ANNOTATION: Final = f"{API_GROUP}/during-update"
+"""On a Node: what brupop added for the length of the node's cycle (JSON), so it removes only that."""

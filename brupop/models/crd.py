@@ -10,22 +10,26 @@ from __future__ import annotations
 import inspect
 import types
 from enum import Enum
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Union, get_args, get_origin
 
 from brupop.models import constants as c
+from brupop.models.policy import UpdatePolicySpec, UpdatePolicyStatus
 from brupop.models.shadow import ShadowSpec, ShadowStatus
 from brupop.models.shadow_v1 import ShadowSpecV1, ShadowStatusV1
 from brupop.models.timestamp import Timestamp
-from brupop.models.wire import Pattern, Range, Wire, wire_fields
+from brupop.models.wire import Keys, MaxSize, Pattern, Range, Rule, Wire, wire_fields
 
 
 def structural_schema(model: type[Wire]) -> dict[str, Any]:
-    """The schema of a flat model (fields of scalars, enums and timestamps) in the form Kubernetes accepts."""
+    """The schema of a model (fields of scalars, enums, timestamps, int-or-strings, nested models, lists and
+    maps, with their constraints and CEL rules) in the form Kubernetes accepts."""
     schema: dict[str, Any] = {"type": "object", "description": inspect.cleandoc(model.__doc__ or "")}
     properties: dict[str, Any] = {}
     required: list[str] = []
     for f in wire_fields(model):
         prop = _value_schema(f.hint)
+        if not model.NULLABLE:
+            prop.pop("nullable", None)
         if f.description:
             prop["description"] = f.description
         properties[f.key] = prop
@@ -34,7 +38,36 @@ def structural_schema(model: type[Wire]) -> dict[str, Any]:
     schema["properties"] = properties
     if required:
         schema["required"] = required
+    if model.RULES:
+        schema["x-kubernetes-validations"] = [rule.schema() for rule in model.RULES]
     return schema
+
+
+_SIZE_KEYS = {"string": "maxLength", "array": "maxItems", "object": "maxProperties"}
+
+
+def _constraint_schema(schema: dict[str, Any], mark: object) -> None:
+    """Add what one `Annotated` constraint says to a value's schema."""
+    if isinstance(mark, Pattern | Range):
+        schema.update(mark.schema())
+    elif isinstance(mark, MaxSize):
+        schema[_SIZE_KEYS[schema["type"]]] = mark.limit
+    elif isinstance(mark, Rule):
+        schema.setdefault("x-kubernetes-validations", []).append(mark.schema())
+    elif isinstance(mark, Keys):
+        schema.setdefault("x-kubernetes-validations", []).append(mark.schema_rule())
+
+
+def _container_schema(hint: Any) -> dict[str, Any] | None:
+    """The schema of a nested model, a list or a typed map; None for other types."""
+    origin = get_origin(hint)
+    if isinstance(hint, type) and issubclass(hint, Wire):
+        return structural_schema(hint)
+    if origin is list:
+        return {"type": "array", "items": _value_schema(get_args(hint)[0])}
+    if origin is dict and get_args(hint)[1] is not Any:
+        return {"type": "object", "additionalProperties": _value_schema(get_args(hint)[1])}
+    return None
 
 
 def _value_schema(hint: Any) -> dict[str, Any]:
@@ -43,18 +76,25 @@ def _value_schema(hint: Any) -> dict[str, Any]:
         base, *marks = get_args(hint)
         schema = _value_schema(base)
         for mark in marks:
-            if isinstance(mark, Pattern | Range):
-                schema.update(mark.schema())
+            _constraint_schema(schema, mark)
         return schema
     if origin in (Union, types.UnionType):
-        (present,) = (arg for arg in get_args(hint) if arg is not type(None))
-        return {**_value_schema(present), "nullable": True}
+        present = [arg for arg in get_args(hint) if arg is not type(None)]
+        inner = (
+            {"x-kubernetes-int-or-string": True} if set(present) == {int, str} else _value_schema(*present)
+        )
+        return inner if len(present) == len(get_args(hint)) else {**inner, "nullable": True}
+    container = _container_schema(hint)
+    if container is not None:
+        return container
     if isinstance(hint, type) and issubclass(hint, Enum):
         return {"type": "string", "enum": [member.value for member in hint]}
     if hint is str or hint is Timestamp:
         return {"type": "string"}
     if hint is int:
         return {"type": "integer"}
+    if hint is bool:
+        return {"type": "boolean"}
     raise TypeError(f"no CRD schema for {hint!r}")
 
 
@@ -144,6 +184,69 @@ def custom_resource_definition(
                 _version(
                     name="v1", storage=False, spec=ShadowSpecV1, status=ShadowStatusV1, with_crash_count=False
                 ),
+            ],
+        },
+    }
+
+
+POLICY_COLUMNS: Final = (
+    ("State", "string", ".status.state", 0),
+    ("Selected", "integer", ".status.selected", 0),
+    ("Up-To-Date", "integer", ".status.upToDate", 0),
+    ("Updating", "integer", ".status.updating", 0),
+    ("Failed", "integer", ".status.failed", 0),
+    ("Held", "integer", ".status.held", 0),
+    ("Limit", "string", ".status.limit", 0),
+    ("Window", "string", ".status.window", 0),
+    ("Next-Opening", "date", ".status.nextOpening", 1),
+    ("Age", "date", ".metadata.creationTimestamp", 0),
+)
+
+
+def update_policy_crd() -> dict[str, Any]:
+    """The UpdatePolicy CRD: one served version, no conversion, cluster-scoped (a policy selects Nodes,
+    which are cluster-scoped, as Karpenter's NodePool does), status as a subresource so people edit the
+    spec and only the controller writes the status. `kubectl get brup` shows the fleet at a glance."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": c.POLICY_CRD_NAME,
+            "labels": {"app.kubernetes.io/part-of": "brupop", "app.kubernetes.io/managed-by": "brupop"},
+        },
+        "spec": {
+            "group": c.API_GROUP,
+            "names": {
+                "kind": c.POLICY_KIND,
+                "plural": c.POLICY_PLURAL,
+                "singular": c.POLICY_SINGULAR,
+                "shortNames": [c.POLICY_SHORT_NAME],
+            },
+            "scope": "Cluster",
+            "versions": [
+                {
+                    "name": c.POLICY_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "description": "A pool of opted-in Bottlerocket nodes (by label selector) and "
+                            "how brupop updates it: how many at once, when, what stops it, and what marks a "
+                            "node carries while it updates.",
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "spec": structural_schema(UpdatePolicySpec),
+                                "status": structural_schema(UpdatePolicyStatus),
+                            },
+                        }
+                    },
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": name, "type": kind, "jsonPath": path, **({"priority": 1} if wide else {})}
+                        for name, kind, path, wide in POLICY_COLUMNS
+                    ],
+                }
             ],
         },
     }

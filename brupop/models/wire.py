@@ -4,9 +4,12 @@ Why not pydantic: the agent runs on every node under a 50Mi limit, and pydantic 
 pydantic-core library, 5 for the machinery the first model builds) out of about 42. The few shapes brupop
 exchanges (the shadow's spec and status, the host's update status) need only what is here: a model is a
 dataclass subclassing `Wire`, and its field types say everything: str, int, bool, string enums, `Literal`,
-`X | None`, `list[X]`, `dict[str, Any]`, nested models, `Timestamp`, and `Annotated` constraints
-(`Pattern`, `Range`). The agent, the controller and the apiserver read with this one reader, so they agree on
-what a valid object is, and `crd.py` derives the cluster's schema from the same fields.
+`X | None`, `int | str` (Kubernetes' int-or-string), `list[X]`, `dict[str, Any]`, typed maps `dict[str, X]`,
+nested models, `Timestamp`, and `Annotated` constraints (`Pattern`, `Range`, `MaxSize`, `Keys`, `Rule`).
+A model may also carry `RULES` that span its fields (`Rule`: a CEL rule for the API server with its
+Python twin for the reader, side by side so they cannot drift apart unnoticed). The agent, the controller
+and the apiserver read with this one reader, so they agree on what a valid object is, and `crd.py`
+derives the cluster's schema from the same fields.
 
 Reading (`from_wire`, `from_json`) checks everything and raises `WireError` naming the first bad field by its
 dotted path. Constructing a model in code checks nothing beyond what mypy checks: input from outside the
@@ -21,7 +24,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
-from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, Union, get_args, get_origin, get_type_hints
 
 from brupop.models.timestamp import Timestamp
 
@@ -69,6 +72,68 @@ class Range:
         return {"format": self.format, "minimum": self.low, "maximum": self.high}
 
 
+@dataclass(frozen=True)
+class MaxSize:
+    """`Annotated[str | list[X] | dict[str, X], MaxSize(n)]`: at most n characters, items or keys. The schema
+    says `maxLength`, `maxItems` or `maxProperties`, which also bound what a CEL rule over the value may cost
+    (the API server refuses a CRD whose rules could cost too much)."""
+
+    limit: int
+
+    def check(self, value: str | list[Any] | dict[str, Any], location: str) -> None:
+        if len(value) > self.limit:
+            unit = "characters" if isinstance(value, str) else "items" if isinstance(value, list) else "keys"
+            raise WireError(location, f"has {len(value)} {unit}, more than the {self.limit} allowed")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A CEL rule the API server enforces (`x-kubernetes-validations`) and its Python twin `check`, which
+    the reader runs, so a bad value gets the same message from both. On a field (`Annotated[X, Rule(...)]`)
+    both see the field's value; in a model's `RULES` the CEL rule sees the object and `check` the model, and
+    `field` names the key the error is about (the API server reports `<path>.<field>`)."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field: str | None = None
+
+    def schema(self) -> dict[str, str]:
+        rule = {"rule": self.cel, "message": self.message}
+        if self.field is not None:
+            rule["fieldPath"] = f".{self.field}"
+        return rule
+
+
+def cel_quote(text: str) -> str:
+    """`text` as a single-quoted CEL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """`Annotated[dict[str, X], Keys(regex, what)]`: every key must match `regex` (RE2 and Python agree on
+    the few constructs used); the schema checks it with a CEL rule, as OpenAPI's `propertyNames` is not
+    available to CRDs."""
+
+    regex: str
+    what: str
+
+    def check(self, value: dict[str, Any], location: str) -> None:
+        for key in value:
+            if re.fullmatch(self.regex, key) is None:
+                raise WireError(location, self.message())
+
+    def message(self) -> str:
+        return f"every key must be {self.what}"
+
+    def schema_rule(self) -> dict[str, str]:
+        return {
+            "rule": f"self.all(k, k.matches({cel_quote('^' + self.regex + '$')}))",
+            "message": self.message(),
+        }
+
+
 def described(text: str, /, **options: Any) -> Any:
     """A field with the description the CRD schema shows. `options` are `dataclasses.field`'s, plus
     `key` (the JSON key, when it is not the field's name) and `schema_required` (the cluster requires the
@@ -96,6 +161,10 @@ class Wire:
 
     __slots__ = ()
     EXTRA: ClassVar[Extra] = "forbid"
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+    NULLABLE: ClassVar[bool] = True
+    """Whether the schema keeps an optional value's null (the shadow's writers send null to clear a value);
+    otherwise the API server prunes nulls, as for a Kubernetes-style spec."""
 
     @classmethod
     def from_wire(cls, data: object, *, at: str = "") -> Self:
@@ -113,7 +182,12 @@ class Wire:
                 values[f.name] = f.read(data[f.key], location)
             elif f.required:
                 raise WireError(location, "required field missing")
-        return cls(**values)
+        model = cls(**values)
+        for rule in cls.RULES:
+            if not rule.check(model):
+                where = _join(at, rule.field) if rule.field else at or "object"
+                raise WireError(where, rule.message)
+        return model
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Self:
@@ -158,16 +232,23 @@ def _reader(hint: Any) -> Reader:
         return _constrained(_reader(base), marks)
     if origin in (Union, types.UnionType):
         present = [arg for arg in get_args(hint) if arg is not type(None)]
-        if len(present) != 1:
-            raise TypeError(f"only `X | None` unions are supported, not {hint!r}")
-        inner = _reader(present[0])
+        inner: Reader
+        if set(present) == {int, str}:
+            inner = _int_or_string
+        elif len(present) == 1:
+            inner = _reader(present[0])
+        else:
+            raise TypeError(f"only `X | None` and `int | str` unions are supported, not {hint!r}")
+        if len(present) == len(get_args(hint)):
+            return inner
         return lambda value, at: None if value is None else inner(value, at)
     if origin is Literal:
         return _literal(get_args(hint))
     if origin is list:
         return _list(_reader(get_args(hint)[0]))
     if origin is dict:
-        return _typed(dict, "an object")
+        value_hint = get_args(hint)[1]
+        return _typed(dict, "an object") if value_hint is Any else _map(_reader(value_hint))
     if isinstance(hint, type):
         if issubclass(hint, Wire):
             return lambda value, at: hint.from_wire(value, at=at)
@@ -193,13 +274,38 @@ def _typed(kind: type, expected: str) -> Reader:
     return read
 
 
+def _int_or_string(value: object, at: str) -> int | str:
+    # bool is an int in Python, but not in JSON.
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise WireError(at, f"expected an integer or a string, got {_kind(value)}")
+
+
+# Which Python values each constraint applies to (an `int | str` field may carry a Pattern and a Range).
+_APPLIES: Final[dict[type, type | tuple[type, ...]]] = {
+    Pattern: str,
+    Range: int,
+    MaxSize: (str, list, dict),
+    Keys: dict,
+}
+
+
+def _applies(check: object, value: object) -> bool:
+    return isinstance(value, _APPLIES[type(check)])
+
+
 def _constrained(read: Reader, marks: list[Any]) -> Reader:
-    checks = [mark for mark in marks if isinstance(mark, Pattern | Range)]
+    checks = [mark for mark in marks if isinstance(mark, Pattern | Range | MaxSize | Keys)]
+    rules = [mark for mark in marks if isinstance(mark, Rule)]
 
     def constrained(value: object, at: str) -> Any:
         parsed = read(value, at)
         for check in checks:
-            check.check(parsed, at)
+            if _applies(check, parsed):
+                check.check(parsed, at)
+        for rule in rules:
+            if parsed is not None and not rule.check(parsed):
+                raise WireError(at, rule.message)
         return parsed
 
     return constrained
@@ -219,6 +325,15 @@ def _list(read_item: Reader) -> Reader:
         if not isinstance(value, list):
             raise WireError(at, f"expected a list, got {_kind(value)}")
         return [read_item(item, f"{at}.{index}") for index, item in enumerate(value)]
+
+    return read
+
+
+def _map(read_value: Reader) -> Reader:
+    def read(value: object, at: str) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise WireError(at, f"expected an object, got {_kind(value)}")
+        return {str(key): read_value(item, f"{at}.{key}") for key, item in value.items()}
 
     return read
 

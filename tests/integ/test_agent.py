@@ -12,17 +12,19 @@ from typing import Any
 import pytest
 
 from brupop.agent.settings import AgentSettings
-from brupop.deploy import AGENT_SA, Options, agent_daemonset
+from brupop.deploy import AGENT_SA
 from brupop.kube.client import NODES, PODS, SHADOWS, ApiError, KubeClient
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE, shadow_name
 from brupop.models.shadow import BottlerocketShadow, ShadowState
-from integ.agent_process import AgentProcess, agent_process, container_env
+from integ.agent_process import AgentProcess, agent_process
 from integ.cluster import ClusterState
 from integ.fleet import prepare
+from integ.helm import chart_objects
 from integ.hostsim.fleet import Fleet
 from integ.hostsim.host import Timings
 from integ.kubetools import BRUPOP_LABELS, create_nodes, create_service_account, ensure_namespace, eventually
 from integ.operator import KINDS, RunningApiserver, apply, brupop_apiserver, install_agents, install_rbac
+from integ.podenv import container_env
 from integ.unprivileged import remove, shared_directory
 
 S = ShadowState
@@ -256,7 +258,7 @@ async def test_an_agent_pod_in_another_namespace_finds_the_apiserver_there(
     elsewhere = "brupop-elsewhere"
     await ensure_namespace(kube, elsewhere)
     await create_service_account(kube, elsewhere, AGENT_SA)
-    await apply(kube, [agent_daemonset(Options(namespace=elsewhere))])
+    await apply(kube, [o for o in chart_objects(elsewhere) if o["kind"] == "DaemonSet"])
     await create_nodes(kube, ["ag-ns"], labels=BRUPOP_LABELS)
 
     async def pod() -> dict[str, Any] | None:

@@ -1,109 +1,161 @@
+"""The install's sources without Helm: the CRD template the generator writes into the CRD chart, the charts'
+versions, their values documented and declared, and every environment variable the programs read set by
+the chart. Rendering with the real helm binary is tested in tests/integ/test_charts.py."""
+
+import json
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from brupop import manifests
-from brupop.deploy import Options, manifest
+from brupop.models.crd import custom_resource_definition
 
 REPO = Path(__file__).resolve().parents[2]
+CHARTS = REPO / "charts"
+OPERATOR = CHARTS / "bottlerocket-update-operator"
+CRD_CHART = CHARTS / "bottlerocket-shadow"
 
 
-def by_kind(kind: str) -> dict[str, dict[str, Any]]:
-    return {obj["metadata"]["name"]: dict(obj) for obj in manifest() if obj["kind"] == kind}
+def test_the_chart_crd_templates_are_generated_from_the_models() -> None:
+    assert manifests.stale_files(REPO) == []
 
 
-def rules_of(role: str) -> list[dict[str, Any]]:
-    return by_kind("ClusterRole")[role]["rules"]
+def test_check_mode_reports_a_stale_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert manifests.main(["--root", str(tmp_path), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "custom-resource-definition.yaml is stale" in err
+    assert "update-policy-crd.yaml is stale" in err
+    assert manifests.main(["--root", str(tmp_path)]) == 0
+    assert manifests.main(["--root", str(tmp_path), "--check"]) == 0
+    shadow = tmp_path / manifests.CHART_TEMPLATES / "custom-resource-definition.yaml"
+    shadow.write_text(manifests.shadow_crd_template().replace("v2", "v3"))
+    assert manifests.main(["--root", str(tmp_path), "--check"]) == 1
 
 
-def allows(role: str, resource: str, verb: str) -> bool:
-    return any(resource in rule["resources"] and verb in rule["verbs"] for rule in rules_of(role))
+def _filled_in(template: str, *, namespace: str, port: int, keep: bool) -> Any:
+    """The template as Helm would render it for this namespace and port, without Helm."""
+    text = template.replace('{{ include "bottlerocket-shadow.namespace" . }}', namespace)
+    text = text.replace("{{ .Values.apiserverServicePort | int }}", str(port))
+    if not keep:
+        text = re.sub(r"\{\{- if \.Values\.keep \}\}.*?\{\{- end \}\}\n", "", text, flags=re.S)
+    text = re.sub(r"^\s*\{\{.*\}\}\n", "", text, flags=re.M)  # lines of template actions only
+    return yaml.safe_load(text)
 
 
-def test_every_object_is_named_and_namespaced_where_it_should_be() -> None:
-    cluster_scoped = {
-        "Namespace",
-        "CustomResourceDefinition",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "PriorityClass",
+def test_only_the_install_s_choices_are_left_to_helm() -> None:
+    template = manifests.shadow_crd_template()
+    rendered = _filled_in(template, namespace="ops", port=8443, keep=True)
+    expected = custom_resource_definition(namespace="ops", service_port=8443)
+    assert rendered["spec"] == expected["spec"]
+    assert rendered["metadata"]["name"] == expected["metadata"]["name"]
+    assert rendered["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": "ops/brupop-apiserver-certificate",
+        "helm.sh/resource-policy": "keep",
     }
-    for obj in manifest():
-        assert obj["apiVersion"]
-        assert obj["metadata"]["name"]
-        assert ("namespace" in obj["metadata"]) is (obj["kind"] not in cluster_scoped), obj["metadata"][
-            "name"
-        ]
+    dropped = _filled_in(template, namespace="ops", port=8443, keep=False)
+    assert "helm.sh/resource-policy" not in dropped["metadata"]["annotations"]
 
 
-def test_the_crd_injects_the_ca_of_a_certificate_the_manifest_creates() -> None:
-    crd = by_kind("CustomResourceDefinition")["bottlerocketshadows.brupop.bottlerocket.aws"]
-    namespace, name = crd["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
-    assert name in by_kind("Certificate")
-    assert by_kind("Certificate")[name]["metadata"]["namespace"] == namespace
+def test_the_charts_install_this_version_of_brupop() -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    for chart in (OPERATOR, CRD_CHART):
+        meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+        assert meta["apiVersion"] == "v2"
+        assert meta["appVersion"] == version, chart.name
 
 
-def test_least_privilege() -> None:
-    assert not allows("brupop-agent-role", "nodes", "patch")
-    assert not allows("brupop-agent-role", "pods/eviction", "create")
-    assert not any(
-        verb in rule["verbs"]
-        for rule in rules_of("brupop-agent-role")
-        for verb in ("create", "patch", "update")
-    )
-    assert not allows("brupop-controller-role", "pods/eviction", "create")
-    assert allows("brupop-apiserver-role", "pods/eviction", "create")
-    delegators = [
-        b["subjects"][0]["name"]
-        for b in by_kind("ClusterRoleBinding").values()
-        if b["roleRef"]["name"] == "system:auth-delegator"
-    ]
-    assert delegators == ["brupop-apiserver-service-account"]
+def _schema_leaves(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted paths of the values the schema declares (a value without declared properties is a leaf)."""
+    leaves = set()
+    for key, sub in schema.get("properties", {}).items():
+        if key == "global":  # Helm's, for subcharts
+            continue
+        path = f"{prefix}{key}"
+        leaves |= _schema_leaves(sub, f"{path}.") if "properties" in sub else {path}
+    return leaves
 
 
-def test_agent_daemonset_placement_limits_and_mounts() -> None:
-    agent = by_kind("DaemonSet")["brupop-agent"]["spec"]["template"]["spec"]
-    terms = agent["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"
-    ]
-    expressions = {e["key"]: e["values"] for e in terms[0]["matchExpressions"]}
-    assert expressions == {
-        "kubernetes.io/os": ["linux"],
-        "kubernetes.io/arch": ["amd64", "arm64"],
-        "bottlerocket.aws/updater-interface-version": ["2.0.0"],
-    }
-    container = agent["containers"][0]
-    assert container["resources"]["limits"] == {"cpu": "10m", "memory": "50Mi"}
-    assert container["securityContext"]["seLinuxOptions"]["type"] == "super_t"
-    token = agent["volumes"][1]["projected"]["sources"][0]["serviceAccountToken"]
-    assert token["audience"] == "brupop-apiserver"
+def _documented_keys(values_text: str) -> dict[str, bool]:
+    """Each key of values.yaml (dotted path) and whether a comment stands right above it, or above the run
+    of sibling keys it belongs to (e.g. nodeSelector, tolerations, affinity under one placement comment)."""
+    found: dict[str, bool] = {}
+    stack: list[tuple[int, str]] = []
+    previous: tuple[str, int, bool] | None = None  # (kind, indent, documented)
+    for line in values_text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            previous = None
+            continue
+        indent = len(line) - len(line.lstrip())
+        if stripped.startswith("#"):
+            previous = ("comment", indent, True)
+            continue
+        match = re.match(r"^([A-Za-z][\w]*):", stripped)
+        if match is None or line.lstrip().startswith("-"):
+            previous = ("other", indent, False)
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([name for _, name in stack] + [match.group(1)])
+        documented = previous is not None and (
+            previous[0] == "comment" or (previous[0] == "key" and previous[1] == indent and previous[2])
+        )
+        found[path] = documented
+        stack.append((indent, match.group(1)))
+        previous = ("key", indent, documented)
+    return found
 
 
-def test_options_flow_into_the_objects() -> None:
-    objects = manifest(Options(namespace="ops", max_concurrent_update="3", apiserver_internal_port=9443))
-    assert {obj["metadata"].get("namespace", "ops") for obj in objects} == {"ops"}
-    text = yaml.safe_dump_all(objects)
-    assert "value: '3'" in text
-    assert "containerPort: 9443" in text
+def test_every_value_is_declared_and_documented() -> None:
+    schema = json.loads((OPERATOR / "values.schema.json").read_text())
+    keys = _documented_keys((OPERATOR / "values.yaml").read_text())
+    leaves = _schema_leaves(schema)
+    assert leaves - set(keys) == set(), "declared in values.schema.json but without a default in values.yaml"
+    undocumented = sorted(leaf for leaf in leaves if not keys[leaf])
+    assert undocumented == [], "values without a comment in values.yaml"
+    crd_schema = json.loads((CRD_CHART / "values.schema.json").read_text())
+    crd_keys = _documented_keys((CRD_CHART / "values.yaml").read_text())
+    assert _schema_leaves(crd_schema) == {key for key in crd_keys if "." not in key}
+    assert all(crd_keys.values())
 
 
-def test_rendered_file_documents_the_configuration_variables() -> None:
-    text = manifests.RENDERERS["bottlerocket-update-operator.yaml"]()
-    assert "# How many nodes may update at once" in text
-    assert "# IANA time zone the schedule is read in" in text
-    assert list(yaml.safe_load_all(text)) == [dict(obj) for obj in manifest()]
-    assert manifests.stale_files(REPO / "manifests") == []
+def test_the_documentation_check_sees_a_missing_comment() -> None:
+    keys = _documented_keys("a:\n  # b's comment\n  b: 1\n  c: 2\n\n  d: 3\n# e\ne: {}\n")
+    assert keys == {"a": False, "a.b": True, "a.c": True, "a.d": False, "e": True}
 
 
-def test_the_agent_pod_may_use_the_host_socket_and_knows_its_namespace() -> None:
-    pod = by_kind("DaemonSet")["brupop-agent"]["spec"]["template"]["spec"]
-    # Bottlerocket's /run/api.sock is root:274, mode 0660; the image runs as uid 65532 without root.
-    assert pod["securityContext"] == {"supplementalGroups": [274]}
-    container = pod["containers"][0]
-    assert container["securityContext"]["runAsNonRoot"] is True
-    env = {e["name"]: e for e in container["env"]}
-    assert env["BRUPOP_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert env["AGENT_INTERNAL_PORT"]["value"] == "8080"
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
-    assert container["ports"] == [{"name": "health", "containerPort": 8080}]
+# Read by the programs but not set by the chart: the kubelet and the in-cluster config provide these, or
+# they point at paths the chart's mounts fix (tests point them elsewhere).
+NOT_FROM_THE_CHART = {
+    "KUBECONFIG",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "BRUPOP_APISERVER_URL",
+    "BRUPOP_HOST_SOCKET",
+    "BRUPOP_TOKEN_FILE",
+    "BRUPOP_CA_FILE",
+    "BRUPOP_BOOT_ID_FILE",
+    "APISERVER_TLS_DIR",
+}
+
+
+def _variables_read_by_the_programs() -> set[str]:
+    names = set()
+    for path in (REPO / "brupop").rglob("*.py"):
+        text = path.read_text()
+        names |= set(re.findall(r"\(\s*env,\s*\"([A-Z][A-Z0-9_]+)\"", text))
+        names |= set(re.findall(r"env(?:iron)?\.get\(\s*\"([A-Z][A-Z0-9_]+)\"", text))
+    return names
+
+
+def test_the_chart_sets_every_environment_variable_the_programs_read() -> None:
+    read = _variables_read_by_the_programs()
+    assert {"MAX_CONCURRENT_UPDATE", "BRUPOP_NAMESPACE", "DRAIN_TIMEOUT", "LOGGING_FORMATTER"} <= read
+    templates = "\n".join(p.read_text() for p in (OPERATOR / "templates").iterdir())
+    set_by_chart = set(re.findall(r"- name: ([A-Z][A-Z0-9_]+)$", templates, flags=re.M))
+    assert read - NOT_FROM_THE_CHART - set_by_chart == set()
+    assert NOT_FROM_THE_CHART & set_by_chart == set()

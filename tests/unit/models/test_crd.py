@@ -1,16 +1,12 @@
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from brupop import manifests
-from brupop.models.crd import custom_resource_definition, structural_schema
-from brupop.models.shadow import ShadowStatus
+from brupop.models.crd import custom_resource_definition, structural_schema, update_policy_crd
 from brupop.models.version import SEMVER_PATTERN
 from brupop.models.wire import Wire
-
-REPO = Path(__file__).resolve().parents[3]
 
 
 def versions() -> dict[str, dict[str, Any]]:
@@ -109,19 +105,69 @@ def test_v1_schema_has_v1_states_and_no_crash_tracking() -> None:
 
 def test_types_without_a_schema_are_refused() -> None:
     @dataclass(frozen=True, slots=True, kw_only=True)
-    class Nested(Wire):
-        status: ShadowStatus
+    class Odd(Wire):
+        anything: dict[str, Any]
 
     with pytest.raises(TypeError, match="no CRD schema"):
-        structural_schema(Nested)
+        structural_schema(Odd)
 
 
-def test_checked_in_manifests_match_the_code() -> None:
-    assert manifests.stale_files(REPO / "manifests") == []
+def test_update_policy_crd_identity_and_columns() -> None:
+    crd = update_policy_crd()
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == "updatepolicies.brupop.bottlerocket.aws"
+    assert spec["names"] == {
+        "kind": "UpdatePolicy",
+        "plural": "updatepolicies",
+        "singular": "updatepolicy",
+        "shortNames": ["brup"],
+    }
+    assert spec["scope"] == "Cluster"
+    assert "conversion" not in spec
+    (version,) = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+    columns = [(c["name"], c["jsonPath"], c.get("priority", 0)) for c in version["additionalPrinterColumns"]]
+    assert columns == [
+        ("State", ".status.state", 0),
+        ("Selected", ".status.selected", 0),
+        ("Up-To-Date", ".status.upToDate", 0),
+        ("Updating", ".status.updating", 0),
+        ("Failed", ".status.failed", 0),
+        ("Held", ".status.held", 0),
+        ("Limit", ".status.limit", 0),
+        ("Window", ".status.window", 0),
+        ("Next-Opening", ".status.nextOpening", 1),
+        ("Age", ".metadata.creationTimestamp", 0),
+    ]
 
 
-def test_check_mode_reports_stale_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert manifests.main(["--dir", str(tmp_path), "--check"]) == 1
-    assert "custom-resource-definition.yaml is stale" in capsys.readouterr().err
-    assert manifests.main(["--dir", str(tmp_path)]) == 0
-    assert manifests.main(["--dir", str(tmp_path), "--check"]) == 0
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk(value, f"{path}[{index}]")
+
+
+def test_update_policy_schema_is_structural_bounded_and_prunes_nulls_in_spec() -> None:
+    schema = update_policy_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]
+    assert spec["required"] == ["nodeSelector"]
+    for path, node in walk(spec):
+        assert "nullable" not in node, path
+        if node.get("type") == "string" and "enum" not in node:
+            assert "maxLength" in node, path  # CEL cost is estimated from these bounds
+        if node.get("type") == "array":
+            assert "maxItems" in node, path
+        if node.get("type") == "object" and "additionalProperties" in node:
+            assert "maxProperties" in node, path
+    assert spec["properties"]["maxConcurrent"]["x-kubernetes-int-or-string"] is True
+    assert spec["properties"]["paused"]["type"] == "boolean"
+    blackout = spec["properties"]["schedule"]["properties"]["blackouts"]["items"]
+    assert blackout["x-kubernetes-validations"][0]["fieldPath"] == ".end"
+    labels = spec["properties"]["nodeSelector"]["properties"]["matchLabels"]
+    assert labels["additionalProperties"]["pattern"].startswith("^")
+    assert schema["properties"]["status"]["properties"]["nextOpening"]["nullable"] is True

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from brupop.models.host import UpdateStatus
 from brupop.models.shadow import BottlerocketShadow, ShadowState, ShadowStatus
 from brupop.models.timestamp import Timestamp
-from brupop.models.wire import Extra, Range, Wire, WireError, described
+from brupop.models.wire import Extra, Keys, MaxSize, Range, Rule, Wire, WireError, cel_quote, described
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,9 +86,9 @@ def test_from_json_refuses_what_is_not_json() -> None:
 def test_a_type_without_a_reader_is_a_programming_error() -> None:
     @dataclass(frozen=True, slots=True, kw_only=True)
     class Odd(Wire):
-        value: int | str
+        value: int | bool
 
-    with pytest.raises(TypeError, match=r"only `X \| None` unions"):
+    with pytest.raises(TypeError, match=r"only `X \| None` and `int \| str` unions"):
         Odd.from_wire({"value": 1})
 
 
@@ -113,3 +113,78 @@ def test_status_round_trips(
         state_transition_failure_timestamp=failed_at,
     )
     assert ShadowStatus.from_wire(status.to_wire()) == status
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shaped(Wire):
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.low <= self.high",
+            message="low above high",
+            check=lambda m: m.low <= m.high,
+            field="low",
+        ),
+    )
+
+    amount: int | str = 0
+    maybe: int | str | None = None
+    names: Annotated[dict[str, Annotated[str, MaxSize(3)]], MaxSize(2), Keys("[a-z]+", "lower case")] = field(
+        default_factory=dict
+    )
+    items: Annotated[list[str], MaxSize(1)] = field(default_factory=list)
+    low: Annotated[int, Rule(cel="self % 2 == 0", message="must be even", check=lambda v: v % 2 == 0)] = 0
+    high: int = 0
+
+
+def test_int_or_string_typed_maps_sizes_keys_and_rules_are_read() -> None:
+    read = Shaped.from_wire(
+        {"amount": "10%", "maybe": None, "names": {"a": "xyz"}, "items": ["i"], "low": 2, "high": 4}
+    )
+    assert (read.amount, read.maybe, read.names, read.low) == ("10%", None, {"a": "xyz"}, 2)
+    assert Shaped.from_wire({"amount": 3}).amount == 3
+
+
+@pytest.mark.parametrize(
+    ("wire", "location", "fragment"),
+    [
+        ({"amount": True}, "amount", "expected an integer or a string, got bool"),
+        ({"amount": 1.5}, "amount", "expected an integer or a string, got float"),
+        ({"names": {"a": 1}}, "names.a", "expected a string, got int"),
+        ({"names": []}, "names", "expected an object, got list"),
+        ({"names": {"a": "wxyz"}}, "names.a", "has 4 characters, more than the 3 allowed"),
+        ({"names": {"a": "x", "b": "y", "c": "z"}}, "names", "has 3 keys, more than the 2 allowed"),
+        ({"items": ["a", "b"]}, "items", "has 2 items, more than the 1 allowed"),
+        ({"names": {"A": "x"}}, "names", "every key must be lower case"),
+        ({"low": 3, "high": 4}, "low", "must be even"),
+        ({"low": 4, "high": 2}, "low", "low above high"),
+    ],
+)
+def test_new_constraints_name_the_field(wire: object, location: str, fragment: str) -> None:
+    with pytest.raises(WireError) as info:
+        Shaped.from_wire(wire)
+    assert (info.value.location, info.value.message) == (location, fragment)
+
+
+def test_a_model_rule_without_a_field_names_the_object() -> None:
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class Whole(Wire):
+        RULES: ClassVar[tuple[Rule, ...]] = (Rule(cel="false", message="never", check=lambda m: False),)
+
+    with pytest.raises(WireError, match=r"^object: never$"):
+        Whole.from_wire({})
+    assert Rule(cel="x", message="m", check=bool).schema() == {"rule": "x", "message": "m"}
+    assert Rule(cel="x", message="m", check=bool, field="f").schema()["fieldPath"] == ".f"
+
+
+def test_cel_quote_escapes_backslashes_and_quotes() -> None:
+    assert cel_quote("a\\.b'c") == "'a\\\\.b\\'c'"
+    assert Keys("[a-z]+", "lower").schema_rule()["rule"] == "self.all(k, k.matches('^[a-z]+$'))"
+
+
+def test_a_type_the_reader_does_not_know_is_a_programming_error() -> None:
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class Odd(Wire):
+        ratio: float
+
+    with pytest.raises(TypeError, match="no wire reader for <class 'float'>"):
+        Odd.from_wire({"ratio": 1.0})
