@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from benchmarks.measure import cpu_seconds, rss_mib, runtime_python
 from brupop.kube.client import NODES, PODS, SHADOWS, ApiError, KubeClient
@@ -35,7 +34,7 @@ from brupop.kube.informer import Informer
 from brupop.logs import configure
 from brupop.models.constants import NAMESPACE, shadow_name
 from integ.build import build
-from integ.cluster import ClusterState, LocalCluster, down
+from integ.cluster import ClusterState, LocalCluster, down, free_port
 from integ.fleet import prepare
 from integ.hostsim.fleet import Fleet
 from integ.hostsim.host import Response, SimulatedHost
@@ -180,9 +179,7 @@ async def main(minutes: int) -> None:
             requests = count_requests(host)
             try:
                 async with brupop_apiserver(state, kube) as server:
-                    await measure(
-                        state, kube, pod, server.url, server.ca_file, fleet.socket(NODE), requests, minutes
-                    )
+                    await measure(state, kube, pod, server.url, server.ca_file, fleet, requests, minutes)
             finally:
                 await fleet.stop()
     finally:
@@ -195,7 +192,7 @@ async def measure(
     pod: dict[str, Any],
     apiserver_url: str,
     ca_file: Path,
-    socket: Path,
+    hosts: Fleet,
     host_requests: collections.Counter[str],
     minutes: int,
 ) -> None:
@@ -209,9 +206,10 @@ async def measure(
         "PATH": os.environ.get("PATH", ""),
         "KUBECONFIG": str(kubeconfig),
         "MY_NODE_NAME": NODE,
-        "APISERVER_SERVICE_PORT": str(urlsplit(apiserver_url).port),
         "BRUPOP_APISERVER_URL": apiserver_url,
-        "BRUPOP_HOST_SOCKET": str(socket),
+        "BRUPOP_HOST_SOCKET": str(hosts.socket(NODE)),
+        "BRUPOP_BOOT_ID_FILE": str(hosts.boot_id_file(NODE)),
+        "AGENT_INTERNAL_PORT": str(free_port()),
         "BRUPOP_TOKEN_FILE": str(token_file),
         "BRUPOP_CA_FILE": str(ca_file),
         "BRUPOP_NAMESPACE": NAMESPACE,

@@ -7,23 +7,33 @@ wanted state needs, so an agent restarted at any line carries on from where thin
   activate; workloads keep running.
 - RebootedIntoUpdate: if the host already runs the wanted version (after the reboot), remove the load
   balancer exclusion and uncordon, and only then report. Otherwise exclude from load balancers and wait
-  (if configured), cordon and drain through the apiserver, reboot, and wait for the host to come back.
-  A host that comes back on another version has rolled back: an error, reported as such.
+  (if configured), cordon and drain through the apiserver, reboot, and wait for the host to boot: a host
+  that still answers after accepting the reboot is shutting down, not back (`HostClient.wait_for_boot`),
+  and is waited for up to `reboot_timeout`. A host that boots on another version has rolled back: an
+  error, reported as such. An agent restarted while its host shuts down finds the update still Ready and
+  next to boot, so it drains (a no-op by then) and asks for the reboot again, and waits in the same way.
 - MonitoringUpdate: check the version again and uncordon defensively.
 - Idle after ErrorReset (or an abandoned update): undo the exclusion and the cordon, and deactivate an
   update the host activated but nobody wants any more.
 
-A failed step is reported as ErrorReset with crash_count + 1 and the failure time; trouble reaching the
-host or the apiserver is retried with back-off instead.
+A failed step is reported once, as ErrorReset with crash_count + 1 and the failure time; the agent then
+waits for the controller to send the node back to Idle. A step that fails while the node already reports
+ErrorReset (the Idle step undoing a cycle) is on record already: it is retried after a back-off and not
+counted again. Trouble reaching the host or the apiserver is retried with back-off too; a back-off is not
+cut short by watch events. A host socket the agent may not use is a configuration error, never a reboot or
+a failed step: logged with its fix at each (slow) retry, and the agent is not ready meanwhile.
+
+What the agent last reported is remembered with the identity of the shadow it read (UID and
+resourceVersion), to cover the moment before the watch shows the write; a shadow deleted and created
+again is a new object and gets a fresh status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,9 +41,17 @@ from typing import Any
 import structlog
 
 from brupop.agent.apiclient import ApiserverClient, ApiserverError
-from brupop.agent.host import EAGER, RELAXED, HostClient, HostError, HostUnavailableError, PollPace
+from brupop.agent.host import (
+    EAGER,
+    RELAXED,
+    HostAccessError,
+    HostClient,
+    HostError,
+    HostUnreachableError,
+    PollPace,
+)
 from brupop.kube.client import NODES, SHADOWS, KubeClient
-from brupop.kube.informer import Informer
+from brupop.kube.informer import Backoff, Informer
 from brupop.models.constants import shadow_name
 from brupop.models.host import CommandStatus, CommandType, UpdateState, UpdateStatus
 from brupop.models.shadow import BottlerocketShadow, ShadowSpec, ShadowState, ShadowStatus
@@ -48,19 +66,36 @@ Obj = dict[str, Any]
 
 FAILED_CHECK_RETRY = 10.0
 """Seconds before a failed update check is tried again (instead of the whole interval)."""
+RETRY_BACKOFF = Backoff(base=0.2, cap=30.0)
 
 
 class StepError(Exception):
     """An update step failed; reported as ErrorReset."""
 
 
+class RetryLaterError(Exception):
+    """The pass could not finish, and nothing is to be reported: try again after a back-off."""
+
+
 @dataclass(frozen=True, slots=True)
 class AgentOptions:
     exclude_from_lb_wait: float = 0.0
     update_check_interval: float = 120.0
-    reboot_went_down: float = 60.0
-    """How long a reboot may take to take the host API down before we assume it already came back."""
     reboot_timeout: float = 1800.0
+    """How long a host that accepted a reboot may take to boot again, its shutdown included."""
+    misconfigured_retry: float = 30.0
+    """Seconds between attempts while the host socket cannot be used (a configuration error)."""
+    backoff: Backoff = RETRY_BACKOFF
+    """Between attempts of a pass that failed (host or apiserver trouble, a step failing again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """A status written for one version of the shadow (UID and resourceVersion of the object read)."""
+
+    uid: object
+    resource_version: object
+    status: ShadowStatus
 
 
 def trim_node(node: Obj) -> Obj:
@@ -88,16 +123,20 @@ class Agent:
         api: ApiserverClient,
         options: AgentOptions | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.node_name = node_name
         self.host = host
         self.api = api
         self.options = options or AgentOptions()
         self._clock = clock
+        self._sleep = sleep
         self._wake = asyncio.Event()
         self._next_refresh = 0.0
         self._target: str | None = None
-        self._reported: tuple[ShadowSpec, ShadowStatus] | None = None
+        self._reported: _Report | None = None
+        self.problem: str | None = None
+        """What keeps the agent from working that only a change of its configuration can fix."""
         self.log = log.bind(node=node_name)
         self.shadow_informer = Informer(
             kube.list_watch(
@@ -116,6 +155,11 @@ class Agent:
     def poke(self) -> None:
         self._wake.set()
 
+    @property
+    def ready(self) -> bool:
+        """Watching its shadow and Node, and nothing misconfigured."""
+        return self.shadow_informer.ready.is_set() and self.node_informer.ready.is_set() and not self.problem
+
     async def run(self) -> None:
         """Until cancelled: act on every change of the shadow or the Node, and refresh the host's update
         check every `update_check_interval` seconds."""
@@ -131,14 +175,28 @@ class Agent:
                 self._wake.clear()
                 try:
                     await self.reconcile_once()
-                    failures = 0
-                    delay = max(self._next_refresh - time.monotonic(), 0.5)
-                except (HostError, ApiserverError) as err:
+                except HostAccessError as err:
+                    self.problem = str(err)
+                    retry = self.options.misconfigured_retry
+                    self.log.error(
+                        "cannot use the host API: fix the agent's configuration",
+                        error=str(err),
+                        retry_in=retry,
+                    )
+                    await self._sleep(retry)
+                    continue
+                except (HostError, ApiserverError, RetryLaterError) as err:
+                    self.problem = None
                     failures += 1
-                    delay = random.uniform(0, min(30.0, 0.2 * 2 ** min(failures, 10)))
+                    delay = self.options.backoff.delay(failures)
                     self.log.warning("will retry", error=str(err), retry_in=round(delay, 2))
+                    await self._sleep(delay)  # a back-off is not cut short by watch events
+                    continue
+                self.problem = None
+                failures = 0
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                    async with asyncio.timeout(max(self._next_refresh - time.monotonic(), 0.5)):
+                        await self._wake.wait()
         finally:
             for task in tasks:
                 task.cancel()
@@ -152,17 +210,18 @@ class Agent:
             shadow = BottlerocketShadow.from_wire(objects[0])
         except WireError as err:
             raise ApiserverError(f"my BottlerocketShadow is invalid: {err}") from None
+        reported = self._reported
         if (
-            self._reported is not None
-            and shadow.spec == self._reported[0]
-            and shadow.status != self._reported[1]
+            reported is not None
+            and (reported.uid, reported.resource_version) == _identity(shadow)
+            and shadow.status != reported.status
         ):
-            shadow = replace(shadow, status=self._reported[1])  # the watch has not caught up yet
+            shadow = replace(shadow, status=reported.status)  # the watch has not shown our write yet
         return shadow
 
-    async def _report(self, spec: ShadowSpec, status: ShadowStatus) -> None:
+    async def _report(self, shadow: BottlerocketShadow, status: ShadowStatus) -> None:
         await self.api.update_status(status)
-        self._reported = (spec, status)
+        self._reported = _Report(*_identity(shadow), status=status)
 
     async def reconcile_once(self) -> None:
         nodes = self.node_informer.items()
@@ -179,14 +238,14 @@ class Agent:
         if status is None:
             target = await self._refresh_target(running, force=True)
             await self._report(
-                spec,
+                shadow,
                 ShadowStatus(
                     current_version=running, target_version=target, current_state=S.IDLE, crash_count=0
                 ),
             )
             return
         if spec.state is status.current_state:
-            await self._settled(spec, status, running)
+            await self._settled(shadow, status, running)
             return
         if status.current_state is S.ERROR_RESET and spec.state is not S.IDLE:
             return  # already reported: the controller sends it back to Idle (a retry would inflate crashes)
@@ -196,6 +255,8 @@ class Agent:
         try:
             await self._step(spec, status, running)
         except StepError as err:
+            if status.current_state is S.ERROR_RESET:  # undoing a failed cycle: that failure is on record
+                raise RetryLaterError(f"{spec.state.value} after ErrorReset failed again: {err}") from None
             self.log.error("update step failed", wanted=spec.state.value, error=str(err))
             failed = replace(
                 status,
@@ -204,7 +265,7 @@ class Agent:
                 crash_count=status.crash_count + 1,
                 state_transition_failure_timestamp=Timestamp.from_datetime(self._clock()),
             )
-            await self._report(spec, failed)
+            await self._report(shadow, failed)
             return
         reached: dict[str, Any] = {
             "current_state": spec.state,
@@ -212,10 +273,11 @@ class Agent:
         }
         if spec.state is S.IDLE and status.current_state is S.MONITORING_UPDATE:
             reached.update(crash_count=0, state_transition_failure_timestamp=None)  # a full cycle succeeded
-        await self._report(spec, replace(status, **reached))
+        await self._report(shadow, replace(status, **reached))
 
-    async def _settled(self, spec: ShadowSpec, status: ShadowStatus, running: str) -> None:
+    async def _settled(self, shadow: BottlerocketShadow, status: ShadowStatus, running: str) -> None:
         """Nothing to do for the controller's goal: keep the host tidy and the report current."""
+        spec = shadow.spec
         if spec.state is S.IDLE:
             host = await self.host.status()
             if host is not None and host.update_state is UpdateState.READY:
@@ -227,7 +289,7 @@ class Agent:
         target = await self._refresh_target(running) if spec.state is S.IDLE else status.target_version
         fresh = replace(status, current_version=running, target_version=target)
         if fresh != status:
-            await self._report(spec, fresh)
+            await self._report(shadow, fresh)
 
     async def _refresh_target(self, running: str, *, force: bool = False) -> str:
         """The version the host would update to (its chosen update, None when nothing is on offer),
@@ -238,6 +300,8 @@ class Agent:
                 await self._command(CommandType.REFRESH, pace=RELAXED)
                 host = await self.host.status()
                 self._target = host.chosen_version if host is not None else None
+            except HostAccessError:
+                raise
             except (HostError, StepError) as err:
                 retry = min(self.options.update_check_interval, FAILED_CHECK_RETRY)
                 self._next_refresh = time.monotonic() + retry
@@ -247,7 +311,7 @@ class Agent:
     async def _command(self, command: CommandType, *, pace: PollPace = EAGER) -> UpdateStatus:
         try:
             done = await self.host.run(command, pace=pace)
-        except HostUnavailableError:
+        except HostUnreachableError:
             raise
         except HostError as err:
             raise StepError(f"{command.value}: {err}") from None
@@ -316,15 +380,17 @@ class Agent:
         except ApiserverError as err:
             raise StepError(f"cordon and drain failed: {err}") from None
         self.log.info("rebooting into the update", version=version)
+        boot = self.host.boot_id()
         try:
             await self.host.reboot()
-        except HostUnavailableError:
+        except HostUnreachableError:
             raise
         except HostError as err:  # the host refused (e.g. an inhibitor): a failed step, not an outage
             raise StepError(f"reboot: {err}") from None
-        booted = await self.host.wait_until_back(
-            went_down=self.options.reboot_went_down, within=self.options.reboot_timeout
-        )
+        timeout = self.options.reboot_timeout
+        booted = await self.host.wait_for_boot(since=boot, pending=version, within=timeout)
+        if booted is None:
+            raise StepError(f"the host accepted the reboot but did not boot again within {timeout:g}s")
         if booted != version:
             raise StepError(f"the host came back on {booted} after rebooting into {version}: rolled back")
         await self._release_node()
@@ -333,6 +399,10 @@ class Agent:
         if self.options.exclude_from_lb_wait > 0:
             await self.api.remove_exclusion_from_lb()
         await self.api.uncordon()
+
+
+def _identity(shadow: BottlerocketShadow) -> tuple[object, object]:
+    return shadow.metadata.get("uid"), shadow.metadata.get("resourceVersion")
 
 
 def _wanted(spec: ShadowSpec) -> str:

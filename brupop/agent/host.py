@@ -3,20 +3,35 @@
 Commands are asynchronous on the host: a POST answers 204 at once and the work holds the update lock,
 during which every read and command answers 423. `run` sends a command and waits until
 `most_recent_command` shows a new entry of that type, backing off between reads, within a deadline.
-A refused or missing socket is `HostUnavailableError` (the host is rebooting, or not there).
+
+Not reaching the API is never the host's answer, so never a failed update step (`HostUnreachableError`):
+a refused or missing socket is `HostUnavailableError` (the host is rebooting, or not there); a socket the
+agent may not use (EACCES/EPERM: Bottlerocket's is root:274, mode 0660) or a path that is not a socket is
+`HostAccessError`, a configuration error whose message says what to fix.
+
+After a reboot is accepted the host may keep answering for a while (it stops its services first);
+`wait_for_boot` tells "not down yet" from "booted" by the kernel's boot ID and by the update status,
+which every boot loses (it lives on a tmpfs) and which shows the update Ready and next to boot until then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from brupop.models.host import Command, CommandType, OsInfo, UpdateStatus
+from brupop.agent.causes import causes
+from brupop.models.constants import HOST_API_SOCKET_GROUP
+from brupop.models.host import Command, CommandType, OsInfo, UpdateState, UpdateStatus
 from brupop.models.wire import WireError
+
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+"""The kernel's ID of the current boot; a container reads the host's."""
 
 ACTIONS = {
     CommandType.REFRESH: "/actions/refresh-updates",
@@ -53,12 +68,30 @@ class HostError(Exception):
         self.status = status
 
 
-class HostUnavailableError(HostError):
+class HostUnreachableError(HostError):
+    """The request never reached the host's API: not an answer from the host."""
+
+
+class HostUnavailableError(HostUnreachableError):
     """Nothing answers on the socket (rebooting, or no host API)."""
 
 
+class HostAccessError(HostUnreachableError):
+    """The agent may not use the socket: a configuration error (the message says what to fix), never a
+    rebooting host."""
+
+
 class HostClient:
-    def __init__(self, socket: Path, *, command_timeout: float = 900.0, lock_patience: float = 120.0) -> None:
+    def __init__(
+        self,
+        socket: Path,
+        *,
+        boot_id_file: Path = BOOT_ID_FILE,
+        command_timeout: float = 900.0,
+        lock_patience: float = 120.0,
+    ) -> None:
+        self.socket = socket
+        self.boot_id_file = boot_id_file
         self._http = httpx.AsyncClient(
             # Plain HTTP over a local socket: no TLS context, so no CA bundle is loaded (time and memory).
             transport=httpx.AsyncHTTPTransport(uds=str(socket), verify=False),
@@ -80,7 +113,7 @@ class HostClient:
             try:
                 answer = await self._http.request(method, path)
             except httpx.TransportError as err:
-                raise _unreachable(err) from None
+                raise self._unreachable(err) from None
             if answer.status_code != 423 or time.monotonic() > deadline:
                 return answer
             await asyncio.sleep(delay)
@@ -114,7 +147,7 @@ class HostClient:
             try:
                 answer = await self._http.get("/updates/status")
             except httpx.TransportError as err:
-                raise _unreachable(err) from None
+                raise self._unreachable(err) from None
             if answer.status_code == 423:
                 continue
             status = _update_status(answer)
@@ -126,6 +159,8 @@ class HostClient:
     async def reboot(self) -> None:
         try:
             answer = await self._http.post("/actions/reboot")
+        except httpx.ConnectError as err:
+            raise self._unreachable(err) from None  # never sent
         except httpx.TransportError:
             return  # the host went down while answering: that is a reboot
         if answer.status_code not in (200, 204):
@@ -133,26 +168,76 @@ class HostClient:
                 f"POST /actions/reboot: {answer.status_code} {answer.text}", status=answer.status_code
             )
 
-    async def wait_until_back(self, *, went_down: float, within: float) -> str:
-        """After a reboot request: wait for the API to go away (up to `went_down` seconds) and come back;
-        returns the version the host booted."""
+    def boot_id(self) -> str | None:
+        """The current boot's ID, or None when the file cannot be read."""
+        try:
+            return self.boot_id_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    async def wait_for_boot(self, *, since: str | None, pending: str, within: float) -> str | None:
+        """After the host accepted a reboot into `pending` (staged, Ready and next to boot), taken during
+        boot `since`: wait until it has booted and answers, and return the version it runs; None when it
+        has not within `within` seconds. Until then it is shutting down (its API may well still answer:
+        the old version, the update still pending) or down."""
         started = time.monotonic()
-        deadline = started + within
-        down_by = started + went_down
-        seen_down = False
-        while time.monotonic() < deadline:
+        while time.monotonic() < started + within:
             try:
-                version = await self.os_version()
-                if seen_down or time.monotonic() > down_by:
-                    return version
-            except HostUnavailableError:
-                seen_down = True
+                if await self._booted(since, pending):
+                    return await self.os_version()
+            except HostAccessError:
+                raise
+            except HostError:
+                pass  # down, or answering oddly while it goes down
             await asyncio.sleep(EAGER.delay(started))
-        raise HostError(f"the host did not come back within {within:g}s of the reboot")
+        return None
+
+    async def _booted(self, since: str | None, pending: str) -> bool:
+        now = self.boot_id()
+        if since is not None and now is not None and now != since:
+            return True
+        status = await self.status()  # a booted host has lost it, or holds a new one
+        return not (
+            status is not None
+            and status.update_state is UpdateState.READY
+            and status.staged_version == pending
+            and status.staging_partition is not None
+            and status.staging_partition.next_to_boot
+        )
+
+    def _unreachable(self, err: httpx.TransportError) -> HostUnreachableError:
+        """What a failed request means: a configuration error, or a host that is not there."""
+        cause = _os_error(err)
+        if cause is not None and cause.errno in (errno.EACCES, errno.EPERM):
+            return HostAccessError(
+                f"the agent may not use the host API socket {self.socket}: {cause.strerror} "
+                f"({errno.errorcode[cause.errno]}). Bottlerocket makes it root:{HOST_API_SOCKET_GROUP} mode "
+                f"0660: run the agent with group {HOST_API_SOCKET_GROUP} (pod securityContext "
+                f"supplementalGroups: [{HOST_API_SOCKET_GROUP}]) or as root"
+            )
+        if cause is not None and cause.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
+            kind = _file_kind(self.socket)
+            if kind not in (None, "socket"):
+                return HostAccessError(
+                    f"the host API socket path {self.socket} is not a socket but a {kind}: mount the "
+                    "host's /run/api.sock there (hostPath of type Socket), or fix BRUPOP_HOST_SOCKET"
+                )
+        return HostUnavailableError(f"host API unreachable: {str(err) or type(err).__name__}")
 
 
-def _unreachable(err: httpx.TransportError) -> HostUnavailableError:
-    return HostUnavailableError(f"host API unreachable: {str(err) or type(err).__name__}")
+def _os_error(err: BaseException) -> OSError | None:
+    """The operating system's error under a transport error, if any."""
+    return next((c for c in causes(err) if isinstance(c, OSError) and c.errno is not None), None)
+
+
+def _file_kind(path: Path) -> str | None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "directory" if stat.S_ISDIR(mode) else "regular file" if stat.S_ISREG(mode) else "special file"
 
 
 def _update_status(answer: httpx.Response) -> UpdateStatus | None:

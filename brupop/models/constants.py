@@ -28,6 +28,10 @@ APISERVER_CERTIFICATE: Final = "brupop-apiserver-certificate"
 CONVERSION_WEBHOOK_PATH: Final = "/crdconvert"
 TOKEN_AUDIENCE: Final = "brupop-apiserver"
 
+HOST_API_SOCKET_GROUP: Final = 274
+"""The group of Bottlerocket's `/run/api.sock` (its API server runs with `--socket-gid 274`; mode 0660):
+the agent needs it as a supplementary group."""
+
 SHADOW_NAME_PREFIX: Final = "brs-"
 
 

@@ -1,7 +1,8 @@
 """RFC 3339 instants as the Rust brupop writes them, kept exactly as received.
 
 The Rust brupop writes chrono's `to_rfc3339()` (nine fractional digits, `+00:00`), while other writers use
-`Z` and fewer digits. Python's datetime holds only microseconds, so a parsed value keeps its original text:
+`Z` and fewer digits (Bottlerocket's host API writes chrono's serde form, `from_unix_nanos`). Python's
+datetime holds only microseconds, so a parsed value keeps its original text:
 an object read and written back is unchanged byte for byte, and `instant` serves every comparison.
 """
 
@@ -57,6 +58,24 @@ class Timestamp:
         utc = moment.astimezone(UTC)
         text = utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "000+00:00"
         return cls(text=text, instant=utc)
+
+    @classmethod
+    def from_unix_nanos(cls, nanos: int) -> Timestamp:
+        """chrono's serde form of a `DateTime<Utc>`, as Bottlerocket's host API writes it: a `Z` suffix
+        and the fewest of 0, 3, 6 or 9 fractional digits that keep the value
+        (`2024-10-24T17:02:03.620424496Z`)."""
+        seconds, fraction = divmod(nanos, 1_000_000_000)
+        utc = datetime.fromtimestamp(seconds, UTC)
+        if fraction == 0:
+            digits = ""
+        elif fraction % 1_000_000 == 0:
+            digits = f".{fraction // 1_000_000:03d}"
+        elif fraction % 1_000 == 0:
+            digits = f".{fraction // 1_000:06d}"
+        else:
+            digits = f".{fraction:09d}"
+        text = f"{utc.replace(tzinfo=None).isoformat(timespec='seconds')}{digits}Z"
+        return cls(text=text, instant=utc.replace(microsecond=fraction // 1_000))
 
     def __str__(self) -> str:
         return self.text

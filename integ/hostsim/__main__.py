@@ -1,15 +1,20 @@
 """`python -m integ.hostsim --socket PATH --version X --offer Y ...`: run one simulated host (or, with
-`--fleet N --dir DIR`, N hosts at DIR/host-<i>/api.sock) in the foreground until interrupted."""
+`--fleet N --dir DIR`, N hosts at DIR/host-<i>/api.sock) in the foreground until interrupted. Each host's
+boot-ID file is beside its socket; the fleet's control socket (faults while running, see
+`integ.hostsim.control`) is in the socket's directory (or DIR). Must run as root (see `server`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import sys
 from pathlib import Path
 
 from brupop.models.host import CommandType
 from integ.hostsim.fleet import Fleet
+from integ.hostsim.host import Timings
+from integ.hostsim.server import SimulatorError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,20 +35,34 @@ def main(argv: list[str] | None = None) -> int:
         help="make this command fail (repeatable)",
     )
     parser.add_argument("--rollback", action="store_true", help="reboots come back on the old version")
+    parser.add_argument(
+        "--shutdown",
+        type=float,
+        default=Timings.shutdown,
+        help="host seconds the API keeps answering after accepting a reboot",
+    )
     args = parser.parse_args(argv)
     if (args.socket is None) == (args.fleet == 0):
         parser.error("give either --socket PATH or --fleet N --dir DIR")
     if args.fleet and args.dir is None:
         parser.error("--fleet needs --dir")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_run(args))
+    except SimulatorError as err:
+        print(f"python -m integ.hostsim: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 async def _run(args: argparse.Namespace) -> None:
     single = args.socket is not None
     names = ["host"] if single else [f"host-{i}" for i in range(args.fleet)]
-    fleet = Fleet(args.socket.parent if single else args.dir, time_scale=args.time_scale)
+    fleet = Fleet(
+        args.socket.parent if single else args.dir,
+        time_scale=args.time_scale,
+        timings=Timings(shutdown=args.shutdown),
+    )
     for version in args.offer:
         fleet.repository.offer(version, variant=args.variant, arch=args.arch)
     for name in names:
@@ -58,6 +77,7 @@ async def _run(args: argparse.Namespace) -> None:
             host.faults.failing[CommandType(command)] = (1, f"simulated {command} failure")
         host.faults.rolls_back = args.rollback
         print(f"{name}: {args.socket if single else fleet.socket(name)}", flush=True)
+    print(f"control: {fleet.control_socket}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

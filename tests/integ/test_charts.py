@@ -107,6 +107,17 @@ def env(objects: list[Obj], component: str) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(objects, component)["env"]}
 
 
+def test_the_agent_is_probed_for_readiness_where_it_serves_it() -> None:
+    objects = chart_objects()
+    agent = container(objects, "agent")
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert agent["ports"] == [{"name": "health", "containerPort": 8080}]
+    assert env(objects, "agent")["AGENT_INTERNAL_PORT"] == "8080"
+    custom = render(OPERATOR_CHART, release="brupop", values=[{"agent": {"healthPort": 9090}}])
+    assert container(custom, "agent")["ports"] == [{"name": "health", "containerPort": 9090}]
+    assert env(custom, "agent")["AGENT_INTERNAL_PORT"] == "9090"
+
+
 def test_both_charts_pass_helm_lint() -> None:
     for chart in (CRD_CHART, OPERATOR_CHART):
         assert "0 chart(s) failed" in lint(chart)

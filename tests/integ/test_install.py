@@ -340,6 +340,8 @@ async def agents(
                 "BRUPOP_CA_FILE": str(server.ca_file),
                 "BRUPOP_TOKEN_FILE": str(token_file),
                 "BRUPOP_HOST_SOCKET": str(hosts.socket(node)),
+                "BRUPOP_BOOT_ID_FILE": str(hosts.boot_id_file(node)),
+                "AGENT_INTERNAL_PORT": str(free_port()),  # the chart's 8080, once per node here
             }
             await stack.enter_async_context(
                 pod_program(pod, overrides=overrides, log=work / f"agent-{node}.log")

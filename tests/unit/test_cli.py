@@ -53,8 +53,11 @@ def test_bad_configuration_is_one_line_and_exit_2(
 
 
 def test_agent_settings_defaults_and_overrides(tmp_path: Path) -> None:
-    defaults = AgentSettings.from_env(BASE)
-    assert defaults.apiserver_url == "https://brupop-apiserver.brupop-bottlerocket-aws.svc.cluster.local:443"
+    defaults = AgentSettings.from_env(BASE, namespace_file=tmp_path / "no-namespace-file")
+    assert (
+        defaults.apiserver_url_in("brupop-bottlerocket-aws")
+        == "https://brupop-apiserver.brupop-bottlerocket-aws.svc.cluster.local:443"
+    )
     assert (defaults.exclude_from_lb_wait, defaults.update_check_interval) == (0.0, 120.0)
     assert str(defaults.host_socket) == "/run/api.sock"
     custom = AgentSettings.from_env(
@@ -66,7 +69,7 @@ def test_agent_settings_defaults_and_overrides(tmp_path: Path) -> None:
             "UPDATE_CHECK_INTERVAL_SECONDS": "5",
         }
     )
-    assert (custom.apiserver_url, custom.exclude_from_lb_wait, custom.update_check_interval) == (
+    assert (custom.apiserver_url_in("x"), custom.exclude_from_lb_wait, custom.update_check_interval) == (
         "https://127.0.0.1:9443",
         30.0,
         5.0,

@@ -8,6 +8,7 @@ would.
 """
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import replace
@@ -19,9 +20,9 @@ import httpx
 import pytest
 import structlog
 
-from brupop.agent.agent import Agent, AgentOptions
+from brupop.agent.agent import Agent, AgentOptions, RetryLaterError
 from brupop.agent.apiclient import ApiserverClient, ApiserverError
-from brupop.agent.host import HostClient, HostUnavailableError
+from brupop.agent.host import HostAccessError, HostClient, HostUnavailableError
 from brupop.kube.client import KubeClient
 from brupop.kube.config import KubeConfig
 from brupop.models.constants import NAMESPACE, shadow_name
@@ -31,6 +32,7 @@ from brupop.models.timestamp import Timestamp
 from brupop.policy.drain import CORDON_ANNOTATION, CORDONED_BY_ADMIN, CORDONED_BY_BRUPOP
 from integ.hostsim.fleet import Fleet
 from integ.hostsim.host import SimulatedHost, Timings
+from integ.kubetools import eventually
 
 S = ShadowState
 Obj = dict[str, Any]
@@ -38,7 +40,7 @@ SCALE = 0.001  # host seconds -> real seconds: a 20 s prepare takes 20 ms, a reb
 OLD, NEW = "1.20.3", "1.21.0"
 NODE = "n1"
 NOW = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
-OPTIONS = AgentOptions(update_check_interval=3600.0, reboot_went_down=2.0, reboot_timeout=5.0)
+OPTIONS = AgentOptions(update_check_interval=3600.0, reboot_timeout=5.0)
 CYCLE = (S.IDLE, S.STAGED_AND_PERFORMED_UPDATE, S.REBOOTED_INTO_UPDATE, S.MONITORING_UPDATE, S.IDLE)
 # What one agent does for one whole update, from a node without a shadow back to Idle on the new version.
 CLEAN_CYCLE = [
@@ -57,6 +59,9 @@ CLEAN_CYCLE = [
     "api:uncordon",
     "api:update_status Idle",
 ]
+
+DRAIN_AND_REBOOT = ["api:cordon_and_drain", "host:reboot"]
+BACK_ON_THE_UPDATE = ["api:uncordon", "api:update_status RebootedIntoUpdate"]
 
 
 class AgentKilledError(Exception):
@@ -145,7 +150,11 @@ class FakeApiserver(ApiserverClient):
         assert self.node_uid == f"uid-{NODE}"
         if self.shadow is None:
             self.shadow = BottlerocketShadow(
-                metadata={"name": shadow_name(NODE), "namespace": NAMESPACE}
+                metadata={
+                    "name": shadow_name(NODE),
+                    "namespace": NAMESPACE,
+                    "uid": f"shadow-uid-{self._revision}",
+                }
             ).to_wire()
             self.write(self.shadow)
         self._done("create_shadow")
@@ -176,6 +185,33 @@ class FakeApiserver(ApiserverClient):
 
 def offline(request: httpx.Request) -> httpx.Response:
     raise AssertionError(f"the agent must not reach the cluster here: {request.method} {request.url}")
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Pauses:
+    """The agent's back-off sleeps, held until the test releases them one by one."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self._asleep = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    async def sleep(self, delay: float) -> None:
+        self.delays.append(delay)
+        self._asleep.set()
+        await self._wake.wait()
+        self._wake.clear()
+
+    async def next(self) -> float:
+        """Wait until the agent sleeps its next back-off; its delay."""
+        await asyncio.wait_for(self._asleep.wait(), 5)
+        self._asleep.clear()
+        return self.delays[-1]
+
+    def release(self) -> None:
+        self._wake.set()
 
 
 class Rig:
@@ -217,23 +253,50 @@ class Rig:
         self._killed = True
         self._pass.cancel()
 
-    def _new_agent(self) -> Agent:
+    def _new_agent(self, *, socket: Path | None = None, sleep: Sleep = asyncio.sleep) -> Agent:
+        host = HostClient(
+            socket or self.fleet.socket(NODE),
+            boot_id_file=self.fleet.boot_id_file(NODE),
+            command_timeout=5.0,
+            lock_patience=5.0,
+        )
         return Agent(
             node_name=NODE,
             namespace=NAMESPACE,
             kube=self.kube,
-            host=HostClient(self.fleet.socket(NODE), command_timeout=5.0, lock_patience=5.0),
+            host=host,
             api=self.api,
             options=self.options,
             clock=lambda: NOW,
+            sleep=sleep,
         )
 
-    async def restart(self, options: AgentOptions | None = None) -> None:
+    async def restart(
+        self, options: AgentOptions | None = None, *, socket: Path | None = None, sleep: Sleep = asyncio.sleep
+    ) -> None:
         """A new agent process: no memory of what the last one did or reported."""
         await self.agent.host.close()
         self.restarts += 1
         self.options = options or self.options
-        self.agent = self._new_agent()
+        self.agent = self._new_agent(socket=socket, sleep=sleep)
+
+    @contextlib.asynccontextmanager
+    async def looping(self, *, socket: Path | None = None) -> AsyncIterator["Pauses"]:
+        """A new agent running its own loop (its watches stand still: `feed` moves them), whose back-off
+        sleeps the test controls."""
+        pauses = Pauses()
+        await self.restart(socket=socket, sleep=pauses.sleep)
+        self.feed()
+        for informer in (self.agent.shadow_informer, self.agent.node_informer):
+            informer.ready.set()
+            informer.run = asyncio.Event().wait  # type: ignore[method-assign]
+        task = asyncio.create_task(self.agent.run())
+        try:
+            yield pauses
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def close(self) -> None:
         await self.agent.host.close()
@@ -243,6 +306,8 @@ class Rig:
         """What the agent's watches would have delivered by now."""
         if self.api.shadow is not None:
             self.agent.shadow_informer.assume(copy.deepcopy(self.api.shadow))
+        else:
+            self.agent.shadow_informer.forget(f"{NAMESPACE}/{shadow_name(NODE)}")
         self.agent.node_informer.assume(copy.deepcopy(self.api.node))
 
     async def reconcile(self, *, feed: bool = True) -> None:
@@ -282,8 +347,15 @@ class Rig:
             try:
                 await self.reconcile()
             except HostUnavailableError:  # rebooting: wait for the host as the run loop's back-off would
-                await self.agent.host.wait_until_back(went_down=0.0, within=5.0)
+                await eventually(self._answering, within=5.0, what="the host to answer again")
         raise AssertionError(f"never reached {state.value}; the agent did {self.journal.events}")
+
+    async def _answering(self) -> bool:
+        try:
+            await self.agent.host.os_version()
+        except HostUnavailableError:
+            return False
+        return True
 
     async def walk(self, states: tuple[ShadowState, ...]) -> None:
         for state in states:
@@ -292,7 +364,8 @@ class Rig:
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    fleet = Fleet(tmp_path / "hosts", time_scale=SCALE, timings=Timings(reboot=10))
+    # Down the moment it accepts a reboot (a slow shutdown is a fault the tests that need it set).
+    fleet = Fleet(tmp_path / "hosts", time_scale=SCALE, timings=Timings(reboot=10, shutdown=0))
     fleet.repository.offer(NEW, variant="aws-k8s-1.29", arch="x86_64")
     yield fleet
     await fleet.stop()
@@ -394,12 +467,7 @@ async def test_rebooting_drains_reboots_into_the_update_and_uncordons(rig: Rig) 
     await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
     mark = rig.journal.mark()
     status = await rig.step(S.REBOOTED_INTO_UPDATE)
-    assert rig.journal.since(mark) == [
-        "api:cordon_and_drain",
-        "host:reboot",
-        "api:uncordon",
-        "api:update_status RebootedIntoUpdate",
-    ]
+    assert rig.journal.since(mark) == DRAIN_AND_REBOOT + BACK_ON_THE_UPDATE
     assert (status.current_state, status.current_version) == (S.REBOOTED_INTO_UPDATE, NEW)
     assert (rig.host.version, rig.host.boots) == (NEW, 1)
     assert not rig.api.cordoned
@@ -407,7 +475,7 @@ async def test_rebooting_drains_reboots_into_the_update_and_uncordons(rig: Rig) 
 
 async def test_the_load_balancer_exclusion_wraps_the_reboot(rig: Rig) -> None:
     await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
-    await rig.restart(AgentOptions(exclude_from_lb_wait=0.001, reboot_went_down=2.0, reboot_timeout=5.0))
+    await rig.restart(replace(OPTIONS, exclude_from_lb_wait=0.001))
     mark = rig.journal.mark()
     await rig.step(S.REBOOTED_INTO_UPDATE)
     assert rig.journal.since(mark) == [
@@ -543,6 +611,169 @@ async def test_an_invisible_node_is_an_apiserver_error(rig: Rig) -> None:
     await rig.restart()  # a new agent whose Node watch has delivered nothing yet
     with pytest.raises(ApiserverError, match=f"node {NODE} is not visible yet"):
         await rig.reconcile(feed=False)
+
+
+# --- a slow shutdown is not a rollback ---------------------------------------------------------------
+
+
+async def staged_on_a_slow_host(rig: Rig) -> int:
+    """Staged, on a host whose API answers for 0.5 s after accepting a reboot; the journal's mark."""
+    await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
+    rig.host.faults.slow_shutdown = 500
+    return rig.journal.mark()
+
+
+def rebooted_into_the_update(rig: Rig, status: ShadowStatus) -> bool:
+    return (status.current_state, status.current_version, status.crash_count, rig.host.boots) == (
+        S.REBOOTED_INTO_UPDATE,
+        NEW,
+        0,
+        1,
+    )
+
+
+async def test_a_host_still_answering_after_accepting_the_reboot_is_shutting_down_not_rolled_back(
+    rig: Rig,
+) -> None:
+    mark = await staged_on_a_slow_host(rig)
+    status = await rig.step(S.REBOOTED_INTO_UPDATE)
+    assert rig.journal.since(mark) == DRAIN_AND_REBOOT + BACK_ON_THE_UPDATE
+    assert rebooted_into_the_update(rig, status)
+
+
+async def test_an_agent_restarted_while_its_host_shuts_down_waits_for_the_boot(rig: Rig) -> None:
+    mark = await staged_on_a_slow_host(rig)
+    rig.journal.kill_after = mark + 1  # SIGKILLed right after the host accepted the reboot
+    rig.want(S.REBOOTED_INTO_UPDATE)
+    await rig.reconcile()
+    assert rig.restarts == 1
+    assert rig.host.up.is_set()  # still going down
+    status = await rig.step(S.REBOOTED_INTO_UPDATE)
+    # The new agent cannot know that the reboot was sent: the update is still Ready and next to boot, so
+    # it drains (nothing left to evict) and asks again; the host, already going down, takes it as said.
+    assert rig.journal.since(mark) == DRAIN_AND_REBOOT + DRAIN_AND_REBOOT + BACK_ON_THE_UPDATE
+    assert rebooted_into_the_update(rig, status)
+
+
+async def test_a_host_that_accepts_the_reboot_but_never_goes_down_fails_after_the_reboot_timeout(
+    rig: Rig, logs: list[MutableMapping[str, Any]]
+) -> None:
+    staged = await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
+    await rig.restart(replace(OPTIONS, reboot_timeout=0.2))
+    rig.host.faults.slow_shutdown = 10**6
+    status = await rig.step(S.REBOOTED_INTO_UPDATE)
+    assert status == failed(staged)
+    assert step_failure(logs) == "the host accepted the reboot but did not boot again within 0.2s"
+
+
+# --- configuration errors ----------------------------------------------------------------------------
+
+
+async def test_a_host_socket_the_agent_may_not_use_is_a_configuration_error_not_a_failed_step(
+    rig: Rig, tmp_path: Path
+) -> None:
+    staged = await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
+    misconfigured = tmp_path / "api.sock"
+    misconfigured.mkdir()  # a hostPath that is a directory, not the host's socket
+    await rig.restart(socket=misconfigured)
+    rig.want(S.REBOOTED_INTO_UPDATE)
+    mark = rig.journal.mark()
+    with pytest.raises(HostAccessError, match="is not a socket"):
+        await rig.reconcile()
+    assert rig.journal.since(mark) == []
+    assert rig.api.status == staged
+    assert rig.host.boots == 0
+
+
+async def test_a_misconfigured_agent_says_so_at_each_slow_retry_is_not_ready_and_recovers(
+    rig: Rig, tmp_path: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    idle = rig.api.status
+    path = tmp_path / "api.sock"
+    path.mkdir()
+    async with rig.looping(socket=path) as pauses:
+        for _ in range(2):
+            assert await pauses.next() == OPTIONS.misconfigured_retry
+            assert not rig.agent.ready
+            assert rig.agent.problem is not None
+            assert "is not a socket" in rig.agent.problem
+            pauses.release()
+        await pauses.next()
+        path.rmdir()
+        path.symlink_to(rig.fleet.socket(NODE))  # the operator fixes the mount
+        pauses.release()
+
+        async def ready() -> bool:
+            return rig.agent.ready
+
+        await eventually(ready, within=5, what="the agent to be ready")
+    problems = [entry for entry in logs if entry["log_level"] == "error"]
+    assert len(problems) == 3, problems
+    fix = "cannot use the host API: fix the agent's configuration"
+    assert {entry["event"] for entry in problems} == {fix}
+    assert all("is not a socket" in entry["error"] for entry in problems)
+    assert rig.api.status == idle
+    assert not any(entry["event"] == "update step failed" for entry in logs)
+
+
+# --- failures back off -------------------------------------------------------------------------------
+
+
+async def in_error_reset_with_a_failing_idle_step(rig: Rig) -> ShadowStatus:
+    """A failed drain put the node in ErrorReset; undoing the cycle (deactivate) keeps failing."""
+    await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
+    rig.api.failing["cordon_and_drain"] = "drain timed out"
+    reported = await rig.step(S.REBOOTED_INTO_UPDATE)
+    assert (reported.current_state, reported.crash_count) == (S.ERROR_RESET, 1)
+    del rig.api.failing["cordon_and_drain"]
+    rig.host.faults.failing[CommandType.DEACTIVATE] = (1, "updog: cannot revert the boot flags")
+    rig.want(S.IDLE)
+    return reported
+
+
+async def test_an_idle_step_that_keeps_failing_after_error_reset_is_not_counted_again(rig: Rig) -> None:
+    reported = await in_error_reset_with_a_failing_idle_step(rig)
+    mark = rig.journal.mark()
+    for _ in range(5):
+        with pytest.raises(RetryLaterError, match="deactivate failed on the host"):
+            await rig.reconcile()
+    assert rig.api.status == reported  # crash_count 1, as reported once
+    assert "api:update_status ErrorReset" not in rig.journal.since(mark)
+    del rig.host.faults.failing[CommandType.DEACTIVATE]
+    status = await rig.step(S.IDLE)
+    assert (status.current_state, status.crash_count) == (S.IDLE, 1)
+
+
+async def test_failed_passes_back_off_and_watch_events_do_not_cut_the_back_off_short(rig: Rig) -> None:
+    await in_error_reset_with_a_failing_idle_step(rig)
+    mark = rig.journal.mark()
+    async with rig.looping() as pauses:
+        caps = []
+        for attempt in range(1, 5):
+            delay = await pauses.next()
+            caps.append(min(OPTIONS.backoff.cap, OPTIONS.backoff.base * 2**attempt))
+            assert 0 <= delay <= caps[-1]
+            before = rig.journal.mark()
+            for _ in range(3):
+                rig.agent.poke()  # Node heartbeats, our own writes
+                await asyncio.sleep(0)
+            assert rig.journal.mark() == before  # still backing off
+            pauses.release()
+        assert caps == sorted(caps)
+    assert "api:update_status ErrorReset" not in rig.journal.since(mark)
+
+
+# --- the remembered report belongs to one shadow -----------------------------------------------------
+
+
+async def test_a_shadow_deleted_and_created_again_gets_a_fresh_status(rig: Rig) -> None:
+    reported = rig.api.status
+    rig.api.shadow = None  # kubectl delete brs
+    mark = rig.journal.mark()
+    await rig.reconcile()
+    await rig.reconcile()
+    assert rig.journal.since(mark) == ["api:create_shadow", "host:refresh-updates", "api:update_status Idle"]
+    assert rig.api.status == reported
 
 
 # --- tidying up while Idle ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """HostClient against the host simulator on a real Unix socket, and against respx for the answers the
 simulator never gives (nulls, odd bodies, a 404 or a dropped connection while a command runs)."""
 
+import asyncio
 import contextlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,10 +14,13 @@ import httpx
 import pytest
 import respx
 
-from brupop.agent.host import HostClient, HostError, HostUnavailableError
+from brupop.agent.host import HostAccessError, HostClient, HostError, HostUnavailableError
+from brupop.models.constants import HOST_API_SOCKET_GROUP
 from brupop.models.host import CommandStatus, CommandType, UpdateState
 from integ.hostsim.fleet import Fleet
 from integ.hostsim.host import LOCK_HELD, NO_CHOSEN, NOT_ALLOWED, STATUS_LOCKED, SimulatedHost, Timings
+from integ.unprivileged import command as unprivileged_command
+from integ.unprivileged import remove, shared_directory
 
 SCALE = 0.002  # host seconds -> real seconds: a 20 s prepare takes 40 ms
 OLD, NEW = "1.20.3", "1.21.0"
@@ -45,7 +50,12 @@ async def client(fleet: Fleet, host: SimulatedHost) -> AsyncIterator[HostClient]
 async def connect(
     path: Path, *, command_timeout: float = 5.0, lock_patience: float = 5.0
 ) -> AsyncIterator[HostClient]:
-    client = HostClient(path, command_timeout=command_timeout, lock_patience=lock_patience)
+    client = HostClient(
+        path,
+        boot_id_file=path.parent / "boot_id",
+        command_timeout=command_timeout,
+        lock_patience=lock_patience,
+    )
     try:
         yield client
     finally:
@@ -176,31 +186,37 @@ async def test_a_refused_reboot_is_a_500_with_the_hosts_reason(
     assert host.boots == 0
 
 
-async def test_after_a_reboot_wait_until_back_returns_the_booted_version(
+async def test_after_a_reboot_wait_for_boot_returns_the_booted_version(
     client: HostClient, host: SimulatedHost
 ) -> None:
     await stage(client, CommandType.REFRESH, CommandType.PREPARE, CommandType.ACTIVATE)
+    before = client.boot_id()
+    assert before == host.boot_id
     await client.reboot()
-    assert await client.wait_until_back(went_down=2.0, within=5.0) == NEW
+    assert await client.wait_for_boot(since=before, pending=NEW, within=5.0) == NEW
     assert host.boots == 1
+    assert client.boot_id() == host.boot_id != before
     assert await client.status() is None  # the status lives on a tmpfs
 
 
-async def test_wait_until_back_gives_up_on_a_host_that_never_returns(
+async def test_a_host_answering_with_the_update_still_pending_has_not_booted(
     client: HostClient, host: SimulatedHost
 ) -> None:
+    await stage(client, CommandType.REFRESH, CommandType.PREPARE, CommandType.ACTIVATE)
+    host.faults.slow_shutdown = 10**6
+    await client.reboot()
+    assert await client.wait_for_boot(since=client.boot_id(), pending=NEW, within=0.2) is None
+    assert await client.os_version() == OLD  # still answering, still shutting down
+
+
+async def test_wait_for_boot_gives_up_on_a_host_that_never_returns(
+    client: HostClient, host: SimulatedHost
+) -> None:
+    await stage(client, CommandType.REFRESH, CommandType.PREPARE, CommandType.ACTIVATE)
     host.faults.never_returns = True
     await client.reboot()
-    with pytest.raises(HostError, match=r"did not come back within 0\.2s"):
-        await client.wait_until_back(went_down=0.1, within=0.2)
-
-
-async def test_wait_until_back_assumes_a_host_that_never_went_down_already_came_back(
-    client: HostClient,
-) -> None:
-    started = time.monotonic()
-    assert await client.wait_until_back(went_down=0.05, within=5.0) == OLD
-    assert time.monotonic() - started >= 0.05
+    assert await client.wait_for_boot(since=client.boot_id(), pending=NEW, within=0.2) is None
+    assert not host.up.is_set()
 
 
 @pytest.mark.parametrize("call", ["os_version", "status", "run"])
@@ -217,6 +233,79 @@ async def test_a_socket_nobody_listens_on_is_host_unavailable(tmp_path: Path) ->
     async with connect(path) as client:
         with pytest.raises(HostUnavailableError):
             await client.os_version()
+
+
+# --- the socket's permissions, as on Bottlerocket (root:274, mode 0660) --------------------------------
+
+PROBE = """
+import asyncio, json, sys
+from pathlib import Path
+from brupop.agent.host import HostClient, HostUnavailableError
+
+async def main() -> None:
+    client = HostClient(Path(sys.argv[1]))
+    try:
+        print(json.dumps({"version": await client.os_version()}))
+    except Exception as err:
+        unavailable = isinstance(err, HostUnavailableError)
+        print(json.dumps({"error": type(err).__name__, "unavailable": unavailable, "message": str(err)}))
+    finally:
+        await client.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+async def shared_fleet() -> AsyncIterator[Fleet]:
+    """Hosts whose directory anyone may enter (tmp_path is private to root)."""
+    directory = shared_directory("brupop-test-host-")
+    fleet = Fleet(directory, time_scale=SCALE)
+    yield fleet
+    await fleet.stop()
+    remove(directory)
+
+
+async def probe_as_agent_user(socket_path: Path, *, groups: list[int]) -> dict[str, Any]:
+    """`os_version()` from a process running as the image's user (65532) with `groups`."""
+    child = await asyncio.create_subprocess_exec(
+        *unprivileged_command(uid=65532, gid=65532, groups=groups, program=["-c", PROBE, str(socket_path)]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await child.communicate()
+    assert child.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def test_the_agent_user_with_group_274_reaches_the_host(shared_fleet: Fleet) -> None:
+    await shared_fleet.add("h", version=OLD)
+    assert await probe_as_agent_user(shared_fleet.socket("h"), groups=[HOST_API_SOCKET_GROUP]) == {
+        "version": OLD
+    }
+
+
+async def test_without_group_274_the_agent_gets_a_configuration_error_not_a_rebooting_host(
+    shared_fleet: Fleet,
+) -> None:
+    await shared_fleet.add("h", version=OLD)
+    result = await probe_as_agent_user(shared_fleet.socket("h"), groups=[])
+    assert result["error"] == "HostAccessError"
+    assert not result["unavailable"]
+    message = result["message"]
+    assert str(shared_fleet.socket("h")) in message
+    assert "Permission denied" in message
+    assert "supplementalGroups: [274]" in message
+
+
+async def test_a_path_that_is_not_a_socket_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "api.sock"
+    path.mkdir()  # what a hostPath volume of the wrong type leaves behind
+    async with connect(path) as client:
+        with pytest.raises(HostAccessError, match="is not a socket") as refused:
+            await client.os_version()
+    assert not isinstance(refused.value, HostUnavailableError)
 
 
 # --- respx: answers the simulator does not give ---------------------------------------------------
@@ -394,3 +483,58 @@ async def test_the_lock_is_retried_with_growing_delays(
     assert await mock_client.os_version() == OLD
     assert route.call_count == 4
     assert time.monotonic() - started >= 0.02 + 0.04 + 0.08
+
+
+def pending_json(version: str = NEW) -> dict[str, Any]:
+    """The update Ready and next to boot: what a host shows until it reboots."""
+    image = {"arch": ARCH, "version": version, "variant": VARIANT}
+    return status_json(
+        "Ready",
+        active_partition={"image": {**image, "version": OLD}, "next_to_boot": False},
+        staging_partition={"image": image, "next_to_boot": True},
+    )
+
+
+async def test_a_new_boot_id_means_the_host_booted_even_if_its_status_looks_pending(
+    mocked: respx.MockRouter, mock_client: HostClient, tmp_path: Path
+) -> None:
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("boot-1\n")
+    polls = 0
+
+    def status(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        polls += 1
+        if polls == 3:  # it rebooted, came back on the old version, and someone staged the update again
+            boot_id.write_text("boot-2\n")
+        return httpx.Response(200, json=pending_json())
+
+    mocked.get("/updates/status").mock(side_effect=status)
+    mocked.get("/os").respond(json={"version_id": OLD})
+    assert await mock_client.wait_for_boot(since="boot-1", pending=NEW, within=5.0) == OLD
+    assert polls == 3
+
+
+async def test_without_a_boot_id_a_lost_update_status_means_the_host_booted(
+    mocked: respx.MockRouter, mock_client: HostClient
+) -> None:
+    assert mock_client.boot_id() is None  # no such file
+    mocked.get("/updates/status").mock(
+        side_effect=[
+            httpx.Response(200, json=pending_json()),  # shutting down
+            httpx.ConnectError("[Errno 2] No such file or directory"),  # down
+            httpx.Response(404, text="Update status is uninitialized, refresh-updates to initialize it"),
+        ]
+    )
+    mocked.get("/os").respond(json={"version_id": NEW})
+    assert await mock_client.wait_for_boot(since=None, pending=NEW, within=5.0) == NEW
+
+
+async def test_a_host_answering_oddly_while_it_goes_down_is_still_waited_for(
+    mocked: respx.MockRouter, mock_client: HostClient
+) -> None:
+    mocked.get("/updates/status").mock(
+        side_effect=[httpx.Response(500, text="Update dispatcher failed"), httpx.Response(404)]
+    )
+    mocked.get("/os").respond(json={"version_id": NEW})
+    assert await mock_client.wait_for_boot(since=None, pending=NEW, within=5.0) == NEW

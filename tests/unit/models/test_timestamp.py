@@ -54,3 +54,20 @@ def test_written_timestamps_parse_back_to_the_same_instant(moment: datetime) -> 
     written = Timestamp.from_datetime(moment)
     assert Timestamp.parse(written.text).instant == moment
     assert str(written) == written.text
+
+
+@pytest.mark.parametrize(
+    ("nanos", "text"),
+    [
+        (1_729_789_323_620_424_496, "2024-10-24T17:02:03.620424496Z"),  # the host API reference's example
+        (1_729_789_323_620_424_000, "2024-10-24T17:02:03.620424Z"),
+        (1_729_789_323_620_000_000, "2024-10-24T17:02:03.620Z"),
+        (1_729_789_323_000_000_000, "2024-10-24T17:02:03Z"),
+        (0, "1970-01-01T00:00:00Z"),
+    ],
+)
+def test_unix_nanos_are_written_in_chronos_serde_form(nanos: int, text: str) -> None:
+    written = Timestamp.from_unix_nanos(nanos)
+    assert written.text == text
+    assert written == Timestamp.parse(text)
+    assert written.instant == Timestamp.parse(text).instant

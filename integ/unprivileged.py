@@ -1,0 +1,169 @@
+"""Run a Python program as another user and groups, as a container runtime starts a pod's process
+(`runAsUser`, `runAsGroup`, `supplementalGroups`): `python -m integ.unprivileged --uid 65532 --gid 65532
+--groups 274 -m brupop agent` (or `-c CODE`).
+
+`subprocess` with `user=`/`extra_groups=` would need an interpreter and standard library that user can
+read, and a test machine's Python often lives under a 0700 home (pyenv in /root). So this starts as root,
+sets the groups and the group, and drops the user: real and effective uid become the target, so every file
+the program opens (the host socket, its token, its CA) is checked as that user with those groups. Root is
+kept only as the saved uid, and taken back for the moment an import reads the interpreter's own modules.
+Only root can do this; anyone else gets one line saying why, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.abc
+import importlib.machinery
+import os
+import runpy
+import shutil
+import sys
+import tempfile
+import types
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+
+class _Privileges:
+    """Root for the duration of an import (nested imports included), the target user otherwise."""
+
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def root(self) -> Iterator[None]:
+        if self.depth == 0:
+            os.seteuid(0)
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                os.seteuid(self.uid)
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, inner: importlib.abc.Loader, privileges: _Privileges) -> None:
+        self._inner = inner
+        self._privileges = privileges
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        with self._privileges.root():
+            return self._inner.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        with self._privileges.root():
+            self._inner.exec_module(module)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+class _ImportAsRoot(importlib.abc.MetaPathFinder):
+    def __init__(self, privileges: _Privileges) -> None:
+        self._privileges = privileges
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        with self._privileges.root():
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec: importlib.machinery.ModuleSpec | None = find(fullname, path, target)
+                if spec is not None:
+                    if spec.loader is not None:
+                        spec.loader = _Loader(spec.loader, self._privileges)
+                    return spec
+        return None
+
+
+def become(uid: int, gid: int, groups: Sequence[int]) -> None:
+    """Turn this (root) process into `uid`:`gid` with supplementary `groups`; see the module docstring."""
+    os.setgroups(list(groups))
+    os.setresgid(gid, gid, gid)
+    privileges = _Privileges(uid)
+    sys.meta_path.insert(0, _ImportAsRoot(privileges))
+    os.setresuid(uid, uid, 0)
+
+
+def needs_root(what: str) -> str | None:
+    """Why `what` cannot run here (None when it can): only root can start a process as another user."""
+    if os.geteuid() == 0:
+        return None
+    return (
+        f"{what} needs root: the tests start the agent as the image's user with the DaemonSet's groups, "
+        f"and make the host socket root:274 as on Bottlerocket; this runs as uid {os.geteuid()}. "
+        "Run the tests as root, as CI does"
+    )
+
+
+def command(*, uid: int, gid: int, groups: Sequence[int], program: Sequence[str]) -> list[str]:
+    """The command line that runs `python PROGRAM...` (`-m MODULE ARGS...` or `-c CODE ARGS...`) as
+    `uid`:`gid` with supplementary `groups`."""
+    return [
+        sys.executable,
+        "-m",
+        "integ.unprivileged",
+        "--uid",
+        str(uid),
+        "--gid",
+        str(gid),
+        *(["--groups", ",".join(map(str, groups))] if groups else []),
+        *program,
+    ]
+
+
+def shared_directory(prefix: str) -> Path:
+    """A new directory under the system's temporary directory that any user may enter (mode 0755), for
+    the files an unprivileged process reads: sockets, tokens, certificates. Remove it with `remove`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m integ.unprivileged",
+        usage="%(prog)s --uid UID --gid GID [--groups G,G] (-m MODULE | -c CODE) [ARGS...]",
+        description=__doc__,
+    )
+    parser.add_argument("--uid", type=int, required=True)
+    parser.add_argument("--gid", type=int, required=True)
+    parser.add_argument("--groups", default="", help="supplementary group IDs, comma-separated")
+    # Everything after -m MODULE or -c CODE belongs to the program, as with python itself.
+    split = next((i for i, arg in enumerate(argv) if arg in ("-m", "-c")), None)
+    if split is None or split + 1 >= len(argv):
+        parser.error("give -m MODULE or -c CODE")
+    options = parser.parse_args(argv[:split])
+    kind, target, args = argv[split], argv[split + 1], argv[split + 2 :]
+    try:
+        groups = [int(g) for g in options.groups.split(",") if g.strip()]
+    except ValueError:
+        parser.error(f"--groups {options.groups!r}: expected comma-separated group IDs")
+    refusal = needs_root("python -m integ.unprivileged")
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
+    become(options.uid, options.gid, groups)
+    if kind == "-m":
+        sys.argv = [target, *args]
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = ["-c", *args]
+        exec(compile(target, "<-c>", "exec"), {"__name__": "__main__"})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
