@@ -10,7 +10,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIME_VENV = Path.home() / ".cache" / "brupop-bench" / "runtime-venv"
+# One runtime virtualenv per checkout: it holds an editable install of the checkout that built it, so two
+# clones sharing one would measure each other's code.
+RUNTIME_VENV = (
+    Path.home() / ".cache" / "brupop-bench" / f"runtime-venv-{hashlib.sha256(bytes(REPO)).hexdigest()[:12]}"
+)
 
 
 def runtime_python() -> str:
