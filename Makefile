@@ -2,7 +2,8 @@
 # Both bootstrap a virtualenv in .venv from pyproject.toml; the control-plane binaries are built from the
 # pinned Go modules under integ/gomod and cached under ~/.cache/brupop-integ (see integ/build.py).
 
-PYTHON ?= python3.11
+# The interpreter of the image and of CI (DESIGN.md, "Python 3.12"); override with PYTHON=...
+PYTHON ?= $(shell .ci/find-python 3.12)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -11,8 +12,11 @@ STAMP  := $(VENV)/.installed
 
 test: lint type unit integration
 
+VERSION_OF = -c 'import sys; print(*sys.version_info[:2])'
+
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test "$$($(BIN)/python $(VERSION_OF) 2>/dev/null)" = "$$($(PYTHON) $(VERSION_OF))" \
+		|| { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
@@ -25,7 +29,7 @@ type: $(STAMP)
 	$(BIN)/mypy brupop integ benchmarks
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit -q --cov=brupop --cov-report=term
+	$(BIN)/pytest tests/unit -q -n 2 --cov=brupop/models --cov=brupop/policy --cov-report=term
 	@echo "Coverage of the pure core (brupop/models, brupop/policy), must be >= 95%:"
 	$(BIN)/coverage report --include='brupop/models/*,brupop/policy/*' --fail-under=95 --skip-covered
 

@@ -29,24 +29,23 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import cpu_seconds, rss_mib, runtime_python
+from benchmarks.pods import agent_env
 from brupop.kube.client import NODES, PODS, SHADOWS, ApiError, KubeClient
 from brupop.kube.informer import Informer
 from brupop.logs import configure
 from brupop.models.constants import NAMESPACE, shadow_name
 from integ.build import build
-from integ.cluster import ClusterState, LocalCluster, down, free_port
+from integ.cluster import ClusterState, LocalCluster, down
 from integ.fleet import prepare
 from integ.hostsim.fleet import Fleet
 from integ.hostsim.host import Response, SimulatedHost
-from integ.kubetools import BRUPOP_LABELS, admin, create_nodes, eventually, pod_bound_token, running
+from integ.kubetools import BRUPOP_LABELS, admin, create_nodes, eventually, running
 from integ.operator import (
     agent_pod,
-    agent_token,
     brupop_apiserver,
     install_agents,
     install_rbac,
     stop_process,
-    token_kubeconfig,
 )
 
 NODE = "agent-idle-0"
@@ -197,21 +196,9 @@ async def measure(
     minutes: int,
 ) -> None:
     directory = Path(state.directory)
-    kubeconfig = token_kubeconfig(
-        state, directory / "agent.kubeconfig", await pod_bound_token(kube, pod, audiences=[])
-    )
-    token_file = directory / "agent-token"
-    token_file.write_text(await agent_token(kube, pod))
     env = {
         "PATH": os.environ.get("PATH", ""),
-        "KUBECONFIG": str(kubeconfig),
-        "MY_NODE_NAME": NODE,
-        "BRUPOP_APISERVER_URL": apiserver_url,
-        "BRUPOP_HOST_SOCKET": str(hosts.socket(NODE)),
-        "BRUPOP_BOOT_ID_FILE": str(hosts.boot_id_file(NODE)),
-        "AGENT_INTERNAL_PORT": str(free_port()),
-        "BRUPOP_TOKEN_FILE": str(token_file),
-        "BRUPOP_CA_FILE": str(ca_file),
+        **await agent_env(state, kube, directory, pod, hosts, apiserver_url, ca_file),
         "BRUPOP_NAMESPACE": NAMESPACE,
         # As the DaemonSet's container has them (manifest and image):
         "LOGGING_FORMATTER": "json",

@@ -17,21 +17,46 @@ RUNTIME_VENV = (
 )
 
 
+HARNESS_VENV = RUNTIME_VENV.with_name(RUNTIME_VENV.name.replace("runtime-venv", "harness-venv"))
+HARNESS_EXTRAS = ("cryptography",)
+"""What the test harness (integ) needs beyond brupop's runtime dependencies: its PKI."""
+
+
 def runtime_python() -> str:
     """A Python with brupop and only its runtime dependencies, as in the container image, for the process a
     benchmark measures: the test extras (schemathesis brings rich, which structlog then imports) would add
     about 3 MiB to every figure. Built once under ~/.cache and rebuilt when pyproject.toml changes."""
-    python = RUNTIME_VENV / "bin" / "python"
-    stamp = RUNTIME_VENV / ".pyproject-sha256"
-    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    return _venv(RUNTIME_VENV, ())
+
+
+def harness_python() -> str:
+    """A Python for a benchmark that runs the test harness itself (which starts every program with its own
+    interpreter): brupop's runtime dependencies and the harness's few extras, none of which a program
+    imports."""
+    return _venv(HARNESS_VENV, HARNESS_EXTRAS)
+
+
+def _venv(directory: Path, extras: tuple[str, ...]) -> str:
+    python = directory / "bin" / "python"
+    stamp = directory / ".pyproject-sha256"
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + repr(extras).encode()).hexdigest()
     if not python.exists() or not stamp.exists() or stamp.read_text() != digest:
-        print(
-            f"creating {RUNTIME_VENV} (brupop's runtime dependencies only) ...", file=sys.stderr, flush=True
-        )
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(RUNTIME_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", str(REPO)], check=True)
+        what = "brupop's runtime dependencies" + (f" and {', '.join(extras)}" if extras else " only")
+        print(f"creating {directory} ({what}) ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(directory)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", str(REPO), *extras], check=True)
         stamp.write_text(digest)
+    # As the image does (compileall): a program measured must not compile brupop's sources as it starts,
+    # which it would for every module edited since its bytecode was last written (PYTHONDONTWRITEBYTECODE
+    # in the benchmarks' processes): that costs the controller about 1.4 MiB of resident memory for good.
+    subprocess.run([str(python), "-m", "compileall", "-q", str(REPO / "brupop")], check=True)
     return str(python)
+
+
+def load() -> str:
+    """The machine's load average (1, 5, 15 minutes) and its processors, to print next to a figure."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
 def rss_mib(pid: int | str = "self", *, field: str = "VmRSS") -> float:

@@ -18,6 +18,7 @@ from brupop.logs import configure
 from integ.build import build
 from integ.cluster import LocalCluster, down
 from integ.e2e import Options, main_run
+from integ.scenarios import SCENARIOS
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work, (Path(state.directory) / "brupop.log").open("w") as log:
             configure({"LOGGING_FORMATTER": "json"}, stream=log)
             options = Options(nodes=args.nodes, concurrency=args.concurrency, time_scale=args.time_scale)
-            print(main_run(state, Path(work), options))
+            print(main_run(state, Path(work), options, SCENARIOS["happy"]))
     finally:
         down()
 

@@ -1,27 +1,37 @@
-"""The single entry point: `brupop controller|agent|apiserver`.
+"""The single entry point: `brupop controller|agent|apiserver`, and the kubectl plugin's commands
+(`brupop status|pause|resume|hold|release|retry`, the same as `kubectl brupop ...`).
 
 Each subcommand imports its program lazily, so the agent never pays for the apiserver's imports (the agent
-runs under a 50Mi memory limit on every node). Configuration comes from environment variables; a bad value
-ends the program with one line naming the variable, the value and what is accepted, and exit code 2.
+runs under a 50Mi memory limit on every node); a program named alone, as the pods start them, runs without
+loading the argument parser, which only `--help` and the plugin's commands need. Configuration comes from
+environment variables; a bad value ends the program with one line naming the variable, the value and what
+is accepted, and exit code 2, also when a program finds it while starting (a certificate it cannot load,
+an address it cannot listen on).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brupop.kube.config import KubeConfigError
 from brupop.logs import LoggingConfigError, configure
 from brupop.settings import SettingsError
 
+if TYPE_CHECKING:
+    import argparse
+
 CONFIG_ERRORS = (SettingsError, KubeConfigError, LoggingConfigError)
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from brupop.plugin.args import add_commands
+
     parser = argparse.ArgumentParser(
         prog="brupop",
         description="Bottlerocket update operator. Configuration comes from environment variables.",
@@ -30,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("controller", help="decide which nodes update when (one leader per cluster)")
     sub.add_parser("agent", help="drive this node's Bottlerocket host through its update (DaemonSet)")
     sub.add_parser("apiserver", help="authenticate agents and make cluster changes for them")
+    add_commands(sub)
     return parser
 
 
@@ -67,15 +78,29 @@ PROGRAMS: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if len(words) == 1 and words[0] in PROGRAMS:  # as the pods run them: no argument parser to load
+        name = words[0]
+    else:
+        from brupop.plugin.args import COMMANDS
+
+        args = _parser().parse_args(words)
+        if args.program in COMMANDS:
+            from brupop.plugin.main import run
+
+            return run(args, prog="brupop")
+        name = args.program
     try:
         configure(os.environ)
-        program = PROGRAMS[args.program]()
+        program = PROGRAMS[name]()
     except CONFIG_ERRORS as err:
-        print(f"brupop {args.program}: {err}", file=sys.stderr)
+        print(f"brupop {name}: {err}", file=sys.stderr)
         return 2
     try:
         asyncio.run(program)
+    except CONFIG_ERRORS as err:  # found at start-up, before serving (e.g. a port that cannot be bound)
+        print(f"brupop {name}: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

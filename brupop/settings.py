@@ -34,8 +34,11 @@ def port(env: Mapping[str, str], name: str, *, default: int | None = None) -> in
         if default is None:
             raise SettingsError(f"{name} is not set: expected a TCP port number (1-65535)")
         return default
-    if raw.strip().isdigit() and 1 <= int(raw) <= 65535:
-        return int(raw)
+    digits = raw.strip()
+    if (
+        digits.isascii() and digits.isdigit() and 1 <= int(digits) <= 65535
+    ):  # not '²' nor other scripts' digits
+        return int(digits)
     raise SettingsError(f"{name}={raw!r}: expected a TCP port number (1-65535)")
 
 

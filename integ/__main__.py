@@ -1,8 +1,10 @@
-"""`python -m integ build | cluster up|down|env`: the local control plane from the command line."""
+"""`python -m integ build | cluster up|down|env | run SCENARIO | demo | chaos --runs N --seed S`: the local
+control plane, the end-to-end scenarios and the chaos campaign from the command line."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from pathlib import Path
@@ -10,14 +12,17 @@ from pathlib import Path
 from brupop.logs import configure
 from integ import build as building
 from integ import cluster as clustering
-from integ.e2e import SCENARIOS, Options, main_run
+from integ.chaos import Outcome, campaign
+from integ.e2e import Options, main_run
+from integ.kubetools import admin
 from integ.monitors import InvariantBrokenError
+from integ.scenarios import SCENARIOS
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m integ", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build (or reuse) the control-plane binaries")
+    sub.add_parser("build", help="build (or reuse) the control-plane binaries, helm, prometheus and promtool")
     cluster = sub.add_parser("cluster", help="start, stop or locate the local cluster")
     cluster.add_argument("action", choices=["up", "down", "env"])
     for name, text in (
@@ -33,12 +38,18 @@ def main(argv: list[str] | None = None) -> int:
             "--time-scale", type=float, default=0.1, help="host seconds x this = real seconds"
         )
         command.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
+    chaos = sub.add_parser("chaos", help="a campaign of randomized runs, each checked by the monitors")
+    chaos.add_argument("--runs", type=int, default=10)
+    chaos.add_argument("--seed", type=int, default=1, help="the first run's seed (run n has seed + n)")
+    chaos.add_argument("--time-scale", type=float, default=0.05)
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             building.build()
         elif args.command in ("run", "demo"):
             return _rollout(args)
+        elif args.command == "chaos":
+            return _chaos(args)
         elif args.action == "up":
             started = time.monotonic()
             state = clustering.LocalCluster(bins=building.build()).up()
@@ -83,7 +94,9 @@ def _rollout(args: argparse.Namespace) -> int:
             time_scale=args.time_scale,
             live=sys.stdout if args.command == "demo" else None,
         )
-        report = main_run(state, Path(state.directory), options, getattr(args, "scenario", "happy"))
+        report = main_run(
+            state, Path(state.directory), options, SCENARIOS[getattr(args, "scenario", "happy")]
+        )
         print(report)
         print(f"done in {time.monotonic() - started:.0f}s (including the cluster start)", file=sys.stderr)
     finally:
@@ -95,6 +108,35 @@ def _rollout(args: argparse.Namespace) -> int:
         else:
             clustering.down()
     return 0
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    state = clustering.LocalCluster(bins=building.build()).up()
+    log_file = (Path(state.directory) / "brupop.log").open("w")
+    configure({"LOGGING_FORMATTER": "json"}, stream=log_file)
+
+    async def go() -> list[Outcome]:
+        async with admin(state) as kube:
+            return await campaign(
+                state,
+                kube,
+                Path(state.directory),
+                runs=args.runs,
+                seed=args.seed,
+                time_scale=args.time_scale,
+                out=sys.stdout,
+            )
+
+    passed = False
+    try:
+        outcomes = asyncio.run(go())
+        passed = all(o.verdict == "ok" for o in outcomes)
+    finally:
+        # After a failure (or a crash) the cluster's logs stay for the post-mortem.
+        clustering.down(keep_files=not passed)
+        if not passed:
+            print(f"the cluster's logs and each run's files: {state.directory}", file=sys.stderr)
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Build the test world's binaries from the pinned Go modules under `integ/gomod/`, once: the control plane
-(kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok) and helm.
+(kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok), helm, and prometheus with
+promtool.
 
 The binaries land in `~/.cache/brupop-integ/bin/<versions>/`, named by the pinned versions and the Go
-version, so a warm cache skips the build entirely and a version bump builds afresh; helm has a directory of
-its own, so bumping it rebuilds helm alone. Each build goes to a temporary directory that is renamed into
-place only when complete, so an interrupted build never leaves a half-filled cache. Go's module and build
-caches live beside it, which makes rebuilds fast.
+version, so a warm cache skips the build entirely and a version bump builds afresh; helm and prometheus
+have directories of their own, so bumping one rebuilds it alone. Prometheus is built with the
+`remove_all_sd` tag: the test world scrapes static targets only, so the cloud and Kubernetes service
+discoveries are left out of the build. Each build goes to a temporary directory that is renamed into place
+only when complete, so an interrupted build never leaves a half-filled cache. Go's module and build caches
+live beside it, which makes rebuilds fast.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Target:
     module_dir: str
     package: str
     binary: str
+    tags: tuple[str, ...] = ()
 
 
 CONTROL_PLANE = (
@@ -42,6 +46,11 @@ CONTROL_PLANE = (
 )
 BINARIES = tuple(t.binary for t in CONTROL_PLANE)
 HELM = Target("helm", "helm.sh/helm/v4/cmd/helm", "helm")
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
+PROMETHEUS = (
+    Target("prometheus", f"{PROMETHEUS_MODULE}/cmd/prometheus", "prometheus", tags=("remove_all_sd",)),
+    Target("prometheus", f"{PROMETHEUS_MODULE}/cmd/promtool", "promtool", tags=("remove_all_sd",)),
+)
 
 
 class BuildError(RuntimeError):
@@ -76,6 +85,19 @@ def helm_dir() -> Path:
     return CACHE / "bin" / f"helm-{pinned_version('helm', 'helm.sh/helm/v4')}_{go_version()}"
 
 
+def prometheus_dir() -> Path:
+    return CACHE / "bin" / f"prometheus-{pinned_version('prometheus', PROMETHEUS_MODULE)}_{go_version()}"
+
+
+def prometheus_release(module_version: str) -> str:
+    """The Prometheus release a Go module version is (v0.316.0 is 3.16.0: the module keeps major 0)."""
+    match = re.fullmatch(r"v0\.(\d+)(\d\d)\.(\d+)", module_version)
+    if match is None:
+        raise BuildError(f"{module_version} is not a Prometheus 3 module version such as v0.316.0")
+    major, minor, patch = match.groups()
+    return f"{major}.{int(minor)}.{patch}"
+
+
 def go_env() -> Mapping[str, str]:
     return {
         **os.environ,
@@ -106,19 +128,29 @@ def _ldflags(target: Target) -> str:
             f"-X {pkg}.version={pinned_version('helm', 'helm.sh/helm/v4')}",
             f"-X {pkg}.gitTreeState=clean",
         ]
+    if target.module_dir == "prometheus":
+        pkg = "github.com/prometheus/common/version"
+        release = prometheus_release(pinned_version("prometheus", PROMETHEUS_MODULE))
+        flags += [f"-X {pkg}.Version={release}", f"-X {pkg}.Branch=HEAD", f"-X {pkg}.BuildUser=brupop-integ"]
     return " ".join(flags)
 
 
 def build(*, log: TextIO = sys.stderr) -> Path:
-    """The directory holding every control-plane binary, building what is missing (and helm, which
-    `helm_binary` finds in a directory of its own)."""
+    """The directory holding every control-plane binary, building what is missing (and helm, prometheus
+    and promtool, which `helm_binary` and `prometheus_binaries` find in directories of their own)."""
     directory = _cached(bin_dir(), CONTROL_PLANE, what="control plane", log=log)
     helm_binary(log=log)
+    prometheus_binaries(log=log)
     return directory
 
 
 def helm_binary(*, log: TextIO = sys.stderr) -> Path:
     return _cached(helm_dir(), (HELM,), what="helm", log=log) / HELM.binary
+
+
+def prometheus_binaries(*, log: TextIO = sys.stderr) -> Path:
+    """The directory holding `prometheus` and `promtool`."""
+    return _cached(prometheus_dir(), PROMETHEUS, what="prometheus", log=log)
 
 
 def _cached(target_dir: Path, targets: tuple[Target, ...], *, what: str, log: TextIO) -> Path:
@@ -135,6 +167,7 @@ def _cached(target_dir: Path, targets: tuple[Target, ...], *, what: str, log: Te
         command = [
             "go",
             "build",
+            *(["-tags", ",".join(target.tags)] if target.tags else []),
             "-ldflags",
             _ldflags(target),
             "-o",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,10 +41,34 @@ class ClusterError(RuntimeError):
     pass
 
 
+def _ephemeral_low() -> int:
+    """The first port of the range the kernel hands to outgoing connections (Linux: 32768)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, for a server this harness starts. Taken below the ephemeral range: a
+    port the kernel chose (bind to port 0) is one any outgoing connection may get before the server binds
+    it (an agent's health port was once taken so, and the agent exited with EADDRINUSE)."""
+    low = min(_ephemeral_low(), 65536)
+    candidates = range(max(low - 12000, 1024), low)
+    for _ in range(500):
+        port = random.choice(candidates)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # every address: some programs listen on all of them
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise ClusterError(f"no free port below {low}")
 
 
 @dataclass
@@ -196,6 +221,8 @@ class LocalCluster:
 
     def _up(self, *, timeout: float) -> ClusterState:
         started = time.monotonic()
+        # brupop's programs run as the image's user (uid 65532): they may pass through, not list or read.
+        self.dir.chmod(0o711)
         self.logs.mkdir(parents=True, exist_ok=True)
         ca = self.ca = CertificateAuthority.create(self.dir)
         ca.issue(

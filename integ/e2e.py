@@ -1,14 +1,17 @@
 """End to end: a whole simulated fleet updated by brupop on the local control plane.
 
 Real: kube-apiserver, etcd, controller-manager, scheduler, the CRD with its conversion webhook, the
-manifest's RBAC and agent DaemonSet, PDB-guarded workloads, two brupop apiserver replicas, the controller
-(as its own service account, leader-elected) and one agent per node (each with its own pod-bound tokens).
-Simulated: the Bottlerocket hosts (integ.hostsim) and the kubelets (kwok).
+manifest's RBAC and agent DaemonSet, PDB-guarded workloads, and every brupop program as its own process
+(integ/actors.py): two apiserver replicas, two leader-elected controller replicas and one agent per node,
+each with its own identity, each reaching the kube-apiserver through its own listener of the fault proxy
+(integ/faultproxy.py). Simulated: the Bottlerocket hosts (integ.hostsim, in this process) and the kubelets
+(kwok).
 
-Monitors (integ/monitors.py) check the invariants on every watch event and fail the run at once: never
-more nodes cordoned by brupop than MAX_CONCURRENT_UPDATE, no PDB below its minimum. At the end every node
-must be Idle on the new version, uncordoned, and every workload back to its replica count. A timeline
-closes the run.
+Monitors (integ/monitors.py) check the invariants on every watch event and fail the run at once; a brupop
+process that exits on its own fails it too. At the end: no spec written outside its writer's leadership
+term, every node Idle on the new version (or failed as the scenario expects), none left unschedulable
+that the administrator did not cordon, every workload back to its replica count. A timeline of states
+and events closes the run (and is part of the failure message when it fails).
 """
 
 from __future__ import annotations
@@ -16,19 +19,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import shutil
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from brupop.kube.client import NODES, SHADOWS, KubeClient
+from brupop.controller.main import LEASE_NAME
+from brupop.kube.client import LEASES, NODES, SHADOWS, ApiError, KubeClient
 from brupop.models.constants import NAMESPACE
-from brupop.models.host import CommandType
 from brupop.models.shadow import BottlerocketShadow, ShadowState
-from integ.actors import Agents, Controllers, Replicas
+from integ.actors import Agents, Controllers, Pods, Replicas, World
 from integ.cluster import ClusterState
+from integ.faultproxy import FaultProxy
 from integ.fleet import prepare
 from integ.hostsim.fleet import Fleet
 from integ.hostsim.host import SimulatedHost, Timings
@@ -38,22 +45,20 @@ from integ.kubetools import (
     create_nodes,
     eventually,
     install_crd,
+    transient,
     watch_events,
 )
 from integ.monitors import (
+    Disruption,
     InvariantBrokenError,
     Timeline,
     follow_shadows,
-    monitor_nodes,
+    leadership_violations,
     monitor_pdbs,
 )
-from integ.operator import (
-    ApiserverProcess,
-    apiserver_at,
-    install_agents,
-    install_rbac,
-)
-from integ.workloads import E2E_NODES, blocking_workload, clean, workloads, workloads_ready
+from integ.operator import apiserver_at, install_agents, install_rbac
+from integ.unprivileged import remove, shared_directory
+from integ.workloads import E2E_NODES, blocking_workload, workloads, workloads_ready
 
 OLD, NEW = "1.20.3", "1.21.0"
 Obj = dict[str, Any]
@@ -66,13 +71,38 @@ class Options:
     time_scale: float = 0.05
     timings: Timings = field(default_factory=lambda: Timings(refresh=1, prepare=20, activate=1, reboot=30))
     live: TextIO | None = None
+    within: float = 240.0
+    """Seconds the rollout may take before the run fails as not converged."""
 
 
 def ideal_seconds(options: Options) -> float:
-    """Waves of `concurrency` nodes, each needing refresh + prepare + activate + reboot on its host."""
+    """Waves of `concurrency` nodes, each needing refresh + prepare + activate + shutdown + reboot on its
+    host."""
     t = options.timings
-    per_node = (t.refresh + t.prepare + t.activate + t.reboot) * options.time_scale
+    per_node = (t.refresh + t.prepare + t.activate + t.shutdown + t.reboot) * options.time_scale
     return math.ceil(options.nodes / max(options.concurrency, 1)) * per_node
+
+
+STARTUP = 5.0
+"""Seconds added to a scenario's trigger for the controllers to start: on a loaded machine they took over
+4 s, and a trigger that passes before a controller's first pass never fires (by design: no replays), so
+the run never converged (chaos seed 207)."""
+
+
+def _whole_second(moment: datetime) -> datetime:
+    """`moment` rounded up to a whole second (a cron expression's resolution)."""
+    whole = moment.replace(microsecond=0)
+    return whole if whole == moment else whole + timedelta(seconds=1)
+
+
+async def quietly(check: Callable[[], Awaitable[Any]]) -> Any:
+    """`check()`, or None while the kube-apiserver is restarting (for polls that ride it out)."""
+    try:
+        return await check()
+    except Exception as err:
+        if transient(err):
+            return None
+        raise
 
 
 async def fleet_done(kube: KubeClient, names: list[str], failing: set[str]) -> bool:
@@ -94,18 +124,60 @@ async def fleet_done(kube: KubeClient, names: list[str], failing: set[str]) -> b
     return True
 
 
+@dataclass(frozen=True)
+class Report:
+    """How a run went: the timeline as text, the rollout's makespan and its ideal."""
+
+    text: str
+    total: float
+    ideal: float
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass
 class Run:
     """What a scenario's chaos can reach while the rollout runs."""
 
-    cluster: ClusterState
-    kube: KubeClient
+    world: World
+    options: Options
     names: list[str]
     hosts: Fleet
     agents: Agents
     controllers: Controllers
     replicas: Replicas
+    disruption: Disruption
     opens_at: datetime | None = None
+    left: set[str] = field(default_factory=set)
+    """Nodes the scenario took out of brupop's hands (label removed): they need not update."""
+    untouched: set[str] = field(default_factory=set)
+    """Nodes brupop must not start (e.g. labelled after a one-shot trigger's rollout ended)."""
+
+    @property
+    def kube(self) -> KubeClient:
+        return self.world.kube
+
+    @property
+    def cluster(self) -> ClusterState:
+        return self.world.cluster
+
+    @property
+    def proxy(self) -> FaultProxy:
+        return self.world.proxy
+
+    @property
+    def timeline(self) -> Timeline:
+        return self.world.timeline
+
+    async def add_node(self, name: str, *, labels: Mapping[str, str] = BRUPOP_LABELS) -> None:
+        """A node joining mid-run, with its host on OLD and (when labelled) its agent."""
+        await create_nodes(self.kube, [name], labels={**labels, **E2E_NODES})
+        host = await self.hosts.add(name, version=OLD)
+        self.disruption.follow_host(host)
+        if labels:
+            await self.agents.start(name)
+        self.timeline.note(f"node {name} joined" + (" with the brupop label" if labels else ""))
 
 
 Chaos = Callable[[Run], Coroutine[Any, Any, None]]
@@ -124,140 +196,28 @@ class Scenario:
     """Node indexes expected to fail (end Idle, uncordoned, crash_count >= 1); the rest must update."""
     blocking_pdb_on: int | None = None
     """A node holding a pod whose PDB never allows its eviction."""
-    drain_seconds: float = 60.0
+    admin_cordoned: frozenset[int] = frozenset()
+    """Nodes an administrator cordoned before the run: still cordoned at the end, updated all the same."""
+    without_boot_id: frozenset[int] = frozenset()
+    """Nodes whose agent cannot read its host's boot ID: it must tell a boot from the host's answers."""
+    drain_seconds: float = 150.0
+    """The agents' drain limit (DRAIN_TIMEOUT; brupop's default is 30 minutes). Above the disruption
+    controller's two-minute DeletionTimeout: its PDB status keys disruptedPods by pod name, so when it
+    misses a pod's deletion (its informer relists after kube-apiserver or etcd restarts, or after an
+    apiserver replica dies mid-eviction) it counts the StatefulSet replacement of the same name as
+    disrupted for two minutes, and every drain behind that PDB waits; a real cluster does the same."""
     opens_after: float | None = None
-    """The schedule opens (a one-shot trigger) this many seconds after the controller starts."""
+    """The schedule opens (a one-shot trigger) this many seconds after the controllers start."""
     chaos: Chaos | None = None
     """Something that goes wrong mid-rollout."""
-
-
-async def _any_spec(kube: KubeClient, state: ShadowState) -> bool:
-    items, _ = await kube.list(SHADOWS, namespace=NAMESPACE)
-    return any((o.get("spec") or {}).get("state") == state.value for o in items)
-
-
-async def restart_controller(run: Run) -> None:
-    await eventually(
-        lambda: _any_spec(run.kube, ShadowState.REBOOTED_INTO_UPDATE), within=300, what="a reboot"
-    )
-    await run.controllers.restart()
-
-
-async def kill_apiserver_mid_drain(run: Run) -> None:
-    """SIGKILL the replica that is draining a node; the agent's retry must reach the other replica (through
-    the Service) and finish the drain there. Tried on later drains if a drain ends before the kill lands."""
-    for _ in range(3):
-
-        async def draining() -> tuple[ApiserverProcess, str] | None:
-            for replica in run.replicas.live:
-                for node in run.names:
-                    if replica.logged("draining", node=node) and not replica.logged("drained", node=node):
-                        return replica, node
-            return None
-
-        replica, node = await eventually(draining, within=300, what="a drain to start")
-        await run.replicas.kill(replica)
-        if replica.logged("drained", node=node):
-            continue  # it finished before it died: try again on a later node
-
-        async def carried_on(node: str = node) -> bool:
-            return any(r.logged("drained", node=node) for r in run.replicas.live)
-
-        await eventually(carried_on, within=240, what=f"another replica to finish draining {node}")
-        return
-    raise InvariantBrokenError("no drain lasted long enough to kill its replica in the middle")
-
-
-async def kill_agent_before_reboot(run: Run) -> None:
-    """The agent of the second node dies on the line that would send the reboot (node cordoned and drained,
-    host not rebooted); its successor must reboot the host and finish."""
-    node = run.names[1]
-    dying = asyncio.Event()
-
-    async def die() -> None:
-        dying.set()
-        await asyncio.Event().wait()  # never sent: the restart cancels this agent here
-
-    run.agents[node].host.reboot = die  # type: ignore[method-assign]
-    await dying.wait()
-    if run.hosts[node].boots:
-        raise InvariantBrokenError(f"{node} rebooted although its agent died before asking")
-    await run.agents.restart(node)
-
-
-async def kill_agent_after_reboot(run: Run) -> None:
-    """The agent of the second node dies the moment its host goes down for the reboot; its successor starts
-    while the host is away and must verify the new version, uncordon and report."""
-    host = run.hosts[run.names[1]]
-    went_down = asyncio.Event()
-    go_down = host.on_reboot
-
-    def down() -> None:
-        go_down()
-        went_down.set()
-
-    host.on_reboot = down
-    await went_down.wait()
-    await run.agents.restart(run.names[1])
-
-
-async def closed_until_open(run: Run) -> None:
-    """No node may be sent to update before the schedule opens."""
-    assert run.opens_at is not None
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout((run.opens_at - datetime.now(UTC)).total_seconds()):
-            async for _, obj in watch_events(run.kube, SHADOWS, NAMESPACE):
-                state = (obj.get("spec") or {}).get("state")
-                if state not in (None, ShadowState.IDLE.value) and datetime.now(UTC) < run.opens_at:
-                    raise InvariantBrokenError(
-                        f"{obj['metadata']['name']} was sent to {state} before the window"
-                    )
-
-
-def _rollback(host: SimulatedHost) -> None:
-    host.faults.rolls_back = True
-
-
-def _refuse_prepare(host: SimulatedHost) -> None:
-    host.faults.failing[CommandType.PREPARE] = (1, "Failed to download the update: simulated")
-
-
-SCENARIOS: Mapping[str, Scenario] = {
-    "happy": Scenario("every node updates, a few at a time"),
-    "window-opens": Scenario(
-        "the schedule is closed at the start and opens mid-run", opens_after=8.0, chaos=closed_until_open
-    ),
-    "unlabelled": Scenario("a node without the brupop label is left alone", unlabelled=1),
-    "rollback": Scenario(
-        "one host comes back on the old version", faults={1: _rollback}, failing=frozenset({1})
-    ),
-    "prepare-fails": Scenario(
-        "one host refuses the update", faults={2: _refuse_prepare}, failing=frozenset({2})
-    ),
-    "pdb-blocks": Scenario(
-        "a PDB never allows one node to drain: that node fails after the drain limit, the rest update",
-        blocking_pdb_on=0,
-        failing=frozenset({0}),
-        # Long enough for the other nodes' drains to wait out a PDB while a replacement pod starts.
-        drain_seconds=15.0,
-    ),
-    "controller-restart": Scenario(
-        "the controller is stopped mid-rollout and another takes over", chaos=restart_controller
-    ),
-    "apiserver-killed": Scenario(
-        "an apiserver replica is killed in the middle of a drain",
-        chaos=kill_apiserver_mid_drain,
-        # Drains right after the kill have been seen blocked by a PDB for over 60 s: most likely a pod left
-        # in its disruptedPods, which the disruption controller drops only after two minutes.
-        drain_seconds=180.0,
-    ),
-    "agent-killed-before-reboot": Scenario(
-        "an agent dies right before it reboots its host", chaos=kill_agent_before_reboot
-    ),
-    "agent-killed-after-reboot": Scenario(
-        "an agent dies right after its host went down", chaos=kill_agent_after_reboot
-    ),
-}
+    after_rollout: bool = False
+    """The chaos step goes on once the fleet has converged (and the run waits for it)."""
+    chaos_optional: bool = False
+    """The chaos may not have done everything by the time the fleet converges (a random timetable): what
+    is left is called off instead of failing the run."""
+    concurrency: int | None = None
+    time_scale: float | None = None
+    """Instead of the run's options (a scenario that needs a longer rollout)."""
 
 
 def _suspended_at(task: asyncio.Task[Any]) -> str:
@@ -269,18 +229,24 @@ def _suspended_at(task: asyncio.Task[Any]) -> str:
     return f"{code.co_name}, line {frames[0].f_lineno}"
 
 
-async def _bounded(work: Awaitable[Any], what: str, *, seconds: float = 90.0) -> None:
+async def _bounded(work: Awaitable[Any], what: str, *, seconds: float = 90.0) -> Any:
     """Teardown that cannot hang a test run: once (under heavy load) a run waited forever at its end."""
     try:
         async with asyncio.timeout(seconds):
-            await work
+            return await work
     except TimeoutError:
         raise InvariantBrokenError(f"timed out after {seconds:g}s waiting for {what}") from None
 
 
-def _one_shot(at: datetime) -> str:
+def one_shot(at: datetime) -> str:
     """A cron trigger for the second `at` (UTC), once."""
     return f"{at.second} {at.minute} {at.hour} {at.day} {at.month} * {at.year}"
+
+
+async def _forget_leadership(kube: KubeClient) -> None:
+    """The previous run's Lease goes, so this run's replicas start from no holder."""
+    with contextlib.suppress(ApiError):
+        await kube.delete(LEASES, LEASE_NAME, namespace=NAMESPACE)
 
 
 async def run_scenario(
@@ -288,112 +254,294 @@ async def run_scenario(
     kube: KubeClient,
     work: Path,
     options: Options,
-    scenario: Scenario = SCENARIOS["happy"],
-) -> str:
-    """Roll NEW out to the fleet under `scenario`; returns the timeline report, or raises on a broken rule."""
+    scenario: Scenario,
+) -> Report:
+    """Roll NEW out to the fleet under `scenario`; returns the timeline report, or raises
+    InvariantBrokenError (with the timeline) on a broken rule. The run's files (pods' directories and
+    logs, host sockets) live in a directory the programs' users may enter; it is removed after a run that
+    passed and moved to `work` after one that failed."""
+    timeline = Timeline()
+    options = replace(
+        options,
+        concurrency=scenario.concurrency or options.concurrency,
+        time_scale=scenario.time_scale or options.time_scale,
+    )
+    files = shared_directory("brupop-e2e-")
+    try:
+        report = await _run(cluster, kube, files, options, scenario, timeline)
+    except (InvariantBrokenError, TimeoutError) as err:
+        kind = err.kind if isinstance(err, InvariantBrokenError) else "scenario"
+        kept = _keep(files, work)
+        raise InvariantBrokenError(
+            f"{err}\nthe run's files and logs: {kept}\ntimeline:\n{timeline.events_report()}", kind=kind
+        ) from None
+    except BaseException:
+        remove(files)
+        raise
+    remove(files)
+    return report
+
+
+def _keep(files: Path, work: Path) -> Path:
+    """Move a failed run's files into `work`, where its logs can be read after the run."""
+    work.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.move(files, work / "files"))
+
+
+async def _run(
+    cluster: ClusterState,
+    kube: KubeClient,
+    files: Path,
+    options: Options,
+    scenario: Scenario,
+    timeline: Timeline,
+) -> Report:
     await prepare(kube)
     await install_rbac(kube)
     await install_agents(kube)
+    await _forget_leadership(kube)
     names = [f"e2e-{i}" for i in range(options.nodes)]
     await create_nodes(kube, names, labels=BRUPOP_LABELS | E2E_NODES)
     plain = [f"e2e-plain-{i}" for i in range(scenario.unlabelled)]
     await create_nodes(kube, plain, labels=E2E_NODES)
-    await workloads(kube)
-    if scenario.blocking_pdb_on is not None:
-        await blocking_workload(kube, names[scenario.blocking_pdb_on])
-    hosts = Fleet(work / "hosts", time_scale=options.time_scale, timings=options.timings)
+    try:
+        await workloads(kube)
+        if scenario.blocking_pdb_on is not None:
+            await blocking_workload(kube, names[scenario.blocking_pdb_on])
+    except TimeoutError as err:  # before any brupop program runs: the test world, not brupop
+        raise InvariantBrokenError(str(err), kind="setup") from None
+    # An administrator cordons nodes that run pods (cordoned first, a node would never get the pinned
+    # pod, and its PDB would start below desiredHealthy: chaos seed 126).
+    for index in sorted(scenario.admin_cordoned):
+        await kube.merge_patch(NODES, names[index], {"spec": {"unschedulable": True}})
+    disruption = Disruption(kube, limit=options.concurrency, prefix="e2e-", timeline=timeline)
+    disruption.admin_cordoned = {names[i] for i in scenario.admin_cordoned}
+    hosts = Fleet(files / "hosts", time_scale=options.time_scale, timings=options.timings)
     hosts.repository.offer(NEW, variant="aws-k8s-1.29", arch="x86_64")
     hosts.repository.offer(OLD, variant="aws-k8s-1.29", arch="x86_64")
     for index, name in enumerate(names):
         host = await hosts.add(name, version=OLD)
+        disruption.follow_host(host)
         if index in scenario.faults:
             scenario.faults[index](host)
     failing = {names[i] for i in scenario.failing}
-    timeline = Timeline()
-    env = {"MAX_CONCURRENT_UPDATE": str(options.concurrency)}
-    opens_at = None
-    if scenario.opens_after is not None:
-        opens_at = (datetime.now(UTC) + timedelta(seconds=scenario.opens_after)).replace(microsecond=0)
-        env |= {"SCHEDULER_CRON_EXPRESSION": _one_shot(opens_at), "SCHEDULER_TIMEZONE": "UTC"}
+    directory = Path(cluster.directory)
+    proxy = FaultProxy(upstream=cluster.server, ca_file=directory / "ca.crt", cert_dir=directory / "proxy")
+    proxy.observers.append(disruption.observe)
+    pods = Pods(timeline)
+    world = World(cluster=cluster, kube=kube, proxy=proxy, timeline=timeline, pods=pods, directory=files)
+    replicas = Replicas(world, drain_seconds=scenario.drain_seconds)
+    monitors: list[asyncio.Task[None]] = []
+    chaos: list[asyncio.Task[None]] = []
+    done: asyncio.Task[bool] | None = None
     async with contextlib.AsyncExitStack() as stack:
-        replicas = Replicas(cluster, kube, stack, drain_seconds=scenario.drain_seconds)
+        stack.push_async_callback(proxy.close)
         service = await stack.enter_async_context(replicas.service.running())
+        monitors.append(asyncio.create_task(pods.watch()))
         for _ in range(2):
             await replicas.start()
         server = apiserver_at(cluster, service.port)
         await install_crd(
             kube, crd_for_local_use(webhook_url=f"{server.url}/crdconvert", ca_pem=server.ca_pem)
         )
-        monitors = [
-            asyncio.create_task(monitor_nodes(kube, options.concurrency, "e2e-")),
-            asyncio.create_task(monitor_pdbs(kube)),
-            asyncio.create_task(follow_shadows(kube, timeline, options.live)),
+        monitors += [
+            asyncio.create_task(disruption.run()),
+            asyncio.create_task(monitor_pdbs(kube, timeline, proxy.log)),
+            asyncio.create_task(follow_shadows(kube, timeline)),
         ]
-        agents = Agents(cluster, kube, server, hosts)
-        stack.push_async_callback(lambda: _bounded(agents.stop(), "the agents to stop"))
+        agents = Agents(
+            world,
+            apiserver_port=service.port,
+            hosts=hosts,
+            without_boot_id={names[i] for i in scenario.without_boot_id},
+        )
+        stack.push_async_callback(agents.close)
         for name in names:
+            agents.follow_reboots(hosts[name])
             await agents.start(name)
-        controllers = Controllers(cluster, kube, env)
-        await controllers.start()
-        run = Run(cluster, kube, names, hosts, agents, controllers, replicas, opens_at)
+        env = {"MAX_CONCURRENT_UPDATE": str(options.concurrency)}
+        opens_at = None
+        if scenario.opens_after is not None:  # counted from now: a trigger passed before a start never fires
+            opens_at = _whole_second(datetime.now(UTC) + timedelta(seconds=scenario.opens_after + STARTUP))
+            env |= {"SCHEDULER_CRON_EXPRESSION": one_shot(opens_at), "SCHEDULER_TIMEZONE": "UTC"}
+            timeline.note(f"the one-shot trigger fires at {opens_at:%H:%M:%S} UTC")
+        controllers = Controllers(world, env)
+        for _ in range(2):
+            await controllers.start()
+        if opens_at is not None:
+            await eventually(lambda: quietly(controllers.leader), within=60, what="a leader")
+            if datetime.now(UTC) >= opens_at:  # its first pass came after the trigger: it rightly never fires
+                raise InvariantBrokenError(
+                    f"the controllers came up after the trigger ({opens_at:%H:%M:%S})", kind="setup"
+                )
+        if options.live is not None:
+            monitors.append(asyncio.create_task(live_view(cluster.kubeconfig, options.live)))
+        run = Run(world, options, names, hosts, agents, controllers, replicas, disruption, opens_at)
+        ps = asyncio.create_task(pods.ps())  # as the rollout begins; the chaos does not wait for it
+        monitors.append(asyncio.create_task(no_unplanned_failures(run, failing)))
         chaos = [asyncio.create_task(scenario.chaos(run))] if scenario.chaos else []
         started = time.monotonic()
-        done = asyncio.create_task(
-            eventually(lambda: fleet_done(kube, names, failing), within=600, what="the rollout")
-        )
+
+        async def converged() -> bool:
+            expected = [n for n in names if n not in run.left]
+            return bool(await quietly(lambda: fleet_done(kube, expected, failing)))
+
+        done = asyncio.create_task(eventually(converged, within=options.within, what="the rollout"))
         try:
             while not done.done():
-                watched = [done, *controllers.running, *monitors, *[c for c in chaos if not c.done()]]
+                watched = [done, *monitors, *[c for c in chaos if not c.done()]]
                 finished, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                if done in finished and isinstance(done.exception(), TimeoutError):
+                    raise InvariantBrokenError(str(done.exception()), kind="convergence")
                 for task in finished:
-                    task.result()  # a broken invariant, a failed chaos step, the rollout timing out
-                    if task in controllers.running:  # not one that a restart is retiring
-                        raise InvariantBrokenError("the controller stopped on its own")
+                    task.result()  # a broken invariant, a failed chaos step
                     if task in monitors:
                         raise InvariantBrokenError("a monitor stopped on its own")
             total = time.monotonic() - started
+            timeline.note("the fleet converged")
             for task in chaos:
+                if not task.done() and scenario.chaos_optional:
+                    task.cancel()
+                    timeline.note("the rest of the chaos called off")
+                    continue
+                if not task.done() and scenario.after_rollout:
+                    finished, _ = await asyncio.wait([task, *monitors], return_when=asyncio.FIRST_COMPLETED)
+                    for ended in finished:
+                        ended.result()
                 if not task.done():
                     raise InvariantBrokenError(
                         "the rollout finished before the scenario's trouble happened "
                         f"(the chaos step was still at {_suspended_at(task)})"
                     )
+                task.result()
         finally:
             for task in [done, *monitors, *chaos]:
                 task.cancel()
-            await _bounded(controllers.stop(), "the controllers to stop")
             await _bounded(
                 asyncio.gather(done, *monitors, *chaos, return_exceptions=True), "the monitors to end"
             )
-    await _bounded(hosts.stop(), "the simulated hosts to stop")
-    await check_end_state(kube, names + plain, untouched=plain)
-    return timeline.report(total=total, ideal=ideal_seconds(options))
+            processes = await _bounded(ps, "ps")
+            late = await _bounded(pods.stop(), "the brupop processes to stop")
+            for problem in late:
+                timeline.note(problem)
+    try:
+        for name in names:
+            if name not in run.left:
+                _check_host(hosts[name], failed=name in failing)
+    finally:
+        await _bounded(hosts.stop(), "the simulated hosts to stop")
+    if late:
+        raise InvariantBrokenError("; ".join(late), kind="shutdown")
+    crashed = [(p, e) for p in pods.all.values() for e in p.unexpected()]
+    if crashed:  # also the exits the watch had not taken yet when the fleet converged
+        process, exit = crashed[0]
+        raise InvariantBrokenError(f"{exit.describe()}; its last log lines:\n{process.tail()}", kind="exit")
+    broken = leadership_violations(proxy.log, lease=LEASE_NAME, timeline=timeline)
+    if broken:
+        raise InvariantBrokenError(
+            "spec writes outside the writer's leadership term:\n  " + "\n  ".join(broken), kind="leadership"
+        )
+    await check_end_state(run, plain=plain)
+    timeline.note(
+        f"{len(proxy.log)} requests through the fault proxy; peak {disruption.peak} nodes disrupted"
+    )
+    ideal = ideal_seconds(options)
+    summary = timeline.report(total=total, ideal=ideal)
+    text = f"the brupop processes as the rollout began:\n{processes}\n{summary}"
+    return Report(text, total, ideal)
 
 
-async def check_end_state(kube: KubeClient, names: list[str], *, untouched: list[str]) -> None:
-    for name in names:
-        node = await kube.get(NODES, name)
-        if node["spec"].get("unschedulable"):
-            raise InvariantBrokenError(f"node {name} was left cordoned")
+async def live_view(kubeconfig: str, out: TextIO) -> None:
+    """`brupop status --watch` (the kubectl plugin's view, its own process, as an operator runs it with the
+    admin's kubeconfig) drawing the rollout on `out`, the demo's terminal, until cancelled."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "KUBECONFIG": kubeconfig}
+    view = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "brupop", "status", "--watch", env=env, stdout=out, stderr=out
+    )
+    try:
+        await view.wait()
+        raise InvariantBrokenError(f"the live view (brupop status --watch) exited with {view.returncode}")
+    finally:
+        if view.returncode is None:
+            view.terminate()
+            await view.wait()
+
+
+async def no_unplanned_failures(run: Run, failing: set[str]) -> None:
+    """A node reports ErrorReset only when the scenario made its host fail: SIGKILLs, restarts and proxy
+    faults are to be ridden out (retried, taken over), not recorded as failed updates."""
+    async for _, obj in watch_events(run.kube, SHADOWS, NAMESPACE):
+        node = obj["metadata"]["name"].removeprefix("brs-")
+        state = (obj.get("status") or {}).get("current_state")
+        if state == ShadowState.ERROR_RESET.value and node in run.names and node not in failing | run.left:
+            failed = [e for e in run.agents[node].entries() if e.get("event") == "update step failed"]
+            why = f"; its agent: {failed[-1].get('error')}" if failed else ""
+            raise InvariantBrokenError(
+                f"{node} reported a failed update ({ShadowState.ERROR_RESET.value}, crash count "
+                f"{(obj.get('status') or {}).get('crash_count')}) that no host fault of the scenario caused"
+                f"{why}",
+                kind="unplanned-failure",
+            )
+
+
+async def check_end_state(run: Run, *, plain: list[str]) -> None:
+    kube = run.kube
+    admin = run.disruption.admin_cordoned
+    for name in [*run.names, *plain, *run.untouched]:
+        unschedulable = bool((await kube.get(NODES, name))["spec"].get("unschedulable"))
+        if unschedulable and name not in admin:
+            raise InvariantBrokenError(
+                f"node {name} was left unschedulable (no administrator cordoned it)", kind="cordon-left"
+            )
+        if not unschedulable and name in admin:
+            raise InvariantBrokenError(
+                f"the administrator's cordon of {name} was undone", kind="cordon-undone"
+            )
     items, _ = await kube.list(SHADOWS, namespace=NAMESPACE)
-    touched = {o["metadata"]["name"].removeprefix("brs-") for o in items} & set(untouched)
+    shadows = {o["metadata"]["name"].removeprefix("brs-"): BottlerocketShadow.from_wire(o) for o in items}
+    touched = set(shadows) & set(plain)
     if touched:
-        raise InvariantBrokenError(f"nodes without the brupop label got a shadow: {sorted(touched)}")
-
+        raise InvariantBrokenError(
+            f"nodes without the brupop label got a shadow: {sorted(touched)}", kind="end-state"
+        )
+    for name in run.untouched:
+        status = shadows[name].status if name in shadows else None
+        states = {state for _, state in run.timeline.states.get(name, [])}
+        if status is None or status.current_version != OLD or states - {"Idle"}:
+            raise InvariantBrokenError(
+                f"{name} was updated although no trigger fired after it joined", kind="end-state"
+            )
     try:
         await eventually(
             lambda: workloads_ready(kube), within=60, what="every workload back to its replica count"
         )
     except TimeoutError as err:
-        raise InvariantBrokenError(str(err)) from None
+        raise InvariantBrokenError(str(err), kind="end-state") from None
 
 
-def main_run(cluster: ClusterState, work: Path, options: Options, scenario: str = "happy") -> str:
+def _check_host(host: SimulatedHost, *, failed: bool) -> None:
+    """What the host itself says, not brupop's report of it: an updated node's host runs the new version;
+    a failed one still on the old version has no update left to boot (it would boot it at the next
+    unplanned reboot, never drained)."""
+    if not failed and host.version != NEW:
+        raise InvariantBrokenError(
+            f"{host.name} is reported updated but its host runs {host.version}", kind="end-state"
+        )
+    status = host.update_status()
+    staged = status.staging_partition if status is not None else None
+    if failed and host.version == OLD and staged is not None and staged.next_to_boot:
+        raise InvariantBrokenError(
+            f"{host.name} failed its update but its host would boot {staged.image} next", kind="end-state"
+        )
+
+
+def main_run(cluster: ClusterState, work: Path, options: Options, scenario: Scenario) -> str:
     from integ.kubetools import admin
+    from integ.workloads import clean
 
     async def go() -> str:
         async with admin(cluster) as kube:
             await clean(kube)
-            return await run_scenario(cluster, kube, work, options, SCENARIOS[scenario])
+            return str(await run_scenario(cluster, kube, work, options, scenario))
 
     return asyncio.run(go())

@@ -45,22 +45,27 @@ async def create_fleet(
 ) -> None:
     nodes = await create_nodes(kube, names, labels=BRUPOP_LABELS)
     for node in nodes:
-        meta = node["metadata"]
-        body = BottlerocketShadow(
-            metadata={
-                "name": shadow_name(meta["name"]),
-                "namespace": NAMESPACE,
-                "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "Node", "name": meta["name"], "uid": meta["uid"]}
-                ],
-            }
-        ).to_wire()
-        del body["status"]
-        await kube.create(SHADOWS, body, namespace=NAMESPACE)
+        await create_shadow(kube, node)
         status = ShadowStatus(
             current_version=current, target_version=target, current_state=ShadowState.IDLE, crash_count=0
         )
-        await set_status(kube, meta["name"], status)
+        await set_status(kube, node["metadata"]["name"], status)
+
+
+async def create_shadow(kube: KubeClient, node: Obj) -> Obj:
+    """The shadow an agent creates for its Node: owned by it, spec Idle, no status yet."""
+    meta = node["metadata"]
+    body = BottlerocketShadow(
+        metadata={
+            "name": shadow_name(meta["name"]),
+            "namespace": NAMESPACE,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": meta["name"], "uid": meta["uid"]}
+            ],
+        }
+    ).to_wire()
+    del body["status"]
+    return await kube.create(SHADOWS, body, namespace=NAMESPACE)
 
 
 async def set_status(kube: KubeClient, node: str, status: ShadowStatus) -> Obj:

@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from brupop.kube.client import NAMESPACES, NODES, PODS, SERVICE_ACCOUNTS, ApiError, KubeClient, Resource
+from brupop.kube.client import (
+    NAMESPACES,
+    NODES,
+    PODS,
+    SERVICE_ACCOUNTS,
+    ApiError,
+    KubeClient,
+    Resource,
+    unavailable,
+)
 from brupop.kube.config import KubeConfig
+from brupop.kube.informer import ResourceExpiredError
 from brupop.models.constants import CRD_NAME, UPDATER_INTERFACE_LABEL, UPDATER_INTERFACE_VERSION
 from integ.cluster import KWOK_NODE_LABEL, ClusterState
 from integ.helm import chart_objects, find
@@ -32,6 +43,32 @@ async def eventually(check: Callable[[], Awaitable[T | None]], *, within: float 
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {within}s waiting for {what or check}")
         await asyncio.sleep(0.1)
+
+
+async def until(condition: Callable[[], bool], *, within: float = 30.0, what: str = "") -> None:
+    """`eventually` for a condition this process sees without asking anyone (a monitor's state)."""
+
+    async def check() -> bool:
+        return condition()
+
+    await eventually(check, within=within, what=what)
+
+
+@contextlib.asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, object]) -> AsyncIterator[None]:
+    """Run `work` as a task for the length of the block, then cancel it and wait for it to end."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def pod_ready(pod: Obj) -> bool:
+    """Whether the pod's Ready condition is True."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def admin(state: ClusterState) -> KubeClient:
@@ -113,28 +150,35 @@ async def create_service_account(kube: KubeClient, namespace: str, name: str) ->
         return await kube.get(SERVICE_ACCOUNTS, name, namespace=namespace)
 
 
+async def token_request(kube: KubeClient, account: str, namespace: str, spec: Obj) -> str:
+    """A TokenRequest's token, asked for as a kubelet asks for a pod's projected token: again and again
+    while the kube-apiserver cannot answer (a restart), for up to 90 s."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            answer = await kube.create(
+                SERVICE_ACCOUNTS, body, namespace=namespace, name=account, subresource="token"
+            )
+            return str(answer["status"]["token"])
+        except Exception as err:
+            if not unavailable(err) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
 async def pod_bound_token(
     kube: KubeClient, pod: Mapping[str, Any], *, audiences: list[str], seconds: int = 3600
 ) -> str:
     """A TokenRequest for the pod's service account, bound to the pod (as the kubelet would project it)."""
     meta = pod["metadata"]
-    body = {
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenRequest",
-        "spec": {
-            "audiences": audiences or None,
-            "expirationSeconds": seconds,
-            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
-        },
+    spec = {
+        "audiences": audiences or None,
+        "expirationSeconds": seconds,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
     }
-    answer = await kube.create(
-        SERVICE_ACCOUNTS,
-        body,
-        namespace=meta["namespace"],
-        name=pod["spec"].get("serviceAccountName", "default"),
-        subresource="token",
-    )
-    return str(answer["status"]["token"])
+    account = pod["spec"].get("serviceAccountName", "default")
+    return await token_request(kube, account, meta["namespace"], spec)
 
 
 async def pods_on(kube: KubeClient, namespace: str, selector: str) -> list[Obj]:
@@ -189,18 +233,49 @@ async def install_crd(kube: KubeClient, crd: Obj) -> None:
     await eventually(established, what=f"CRD {name} to be established")
 
 
+def transient(err: BaseException) -> bool:
+    """An error that a kube-apiserver or etcd restart causes and that passes once it is back: no answer
+    (the client's ApiUnavailableError, or a transport error of a watch's stream), a 429 or 5xx, a watch
+    whose version expired meanwhile."""
+    return unavailable(err) or isinstance(err, ResourceExpiredError)
+
+
 async def watch_events(
     kube: KubeClient, resource: Resource, namespace: str | None = None
 ) -> AsyncIterator[tuple[str, Obj]]:
-    """Every object as ADDED, then every change from that version on, until cancelled (re-watching when
-    the server ends a watch); bookmarks are dropped and an ERROR event raises."""
-    items, version = await kube.list(resource, namespace=namespace)
-    for obj in items:
-        yield "ADDED", obj
+    """Every object as ADDED, then every change from that version on, until cancelled. The watch is
+    started again when the server ends it, and after a kube-apiserver or etcd restart the objects are
+    listed again (as ADDED, and DELETED for the ones gone meanwhile); bookmarks are dropped and an ERROR
+    event other than an expired version raises."""
+    known: set[tuple[str | None, str]] = set()
     while True:
-        async for kind, obj in kube.watch(resource, namespace=namespace, resource_version=version):
-            version = obj.get("metadata", {}).get("resourceVersion", version)
-            if kind == "ERROR":
-                raise RuntimeError(f"watch of {resource.plural} failed: {obj.get('message')}")
-            if kind != "BOOKMARK":  # a bookmark only moves the resourceVersion on
-                yield kind, obj
+        try:
+            items, version = await kube.list(resource, namespace=namespace)
+        except Exception as err:
+            if not transient(err):
+                raise
+            await asyncio.sleep(0.2)
+            continue
+        listed = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in items}
+        for key in known - listed.keys():
+            yield "DELETED", {"metadata": {"namespace": key[0], "name": key[1]}}
+        known = set(listed)
+        for obj in items:
+            yield "ADDED", obj
+        try:
+            while True:
+                async for kind, obj in kube.watch(resource, namespace=namespace, resource_version=version):
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            raise ResourceExpiredError(str(obj.get("message")))
+                        raise RuntimeError(f"watch of {resource.plural} failed: {obj.get('message')}")
+                    if kind == "BOOKMARK":  # a bookmark only moves the resourceVersion on
+                        continue
+                    key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
+                    (known.discard if kind == "DELETED" else known.add)(key)
+                    yield kind, obj
+        except Exception as err:
+            if not transient(err):
+                raise
+            await asyncio.sleep(0.2)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -29,10 +30,17 @@ from brupop.kube.config import KubeConfig
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE, TOKEN_AUDIENCE
 from integ.cluster import ClusterState, free_port
 from integ.helm import chart_objects
-from integ.kubetools import eventually, pod_bound_token
+from integ.kubetools import eventually, pod_bound_token, token_request
 from integ.pki import CertificateAuthority
+from integ.processes import BrupopProcess, RunAs, owned_by
 
 Obj = dict[str, Any]
+PROGRAM_LOGGING = {
+    "LOGGING_FORMATTER": "json",
+    "LOGGING_ANSI_ENABLED": "false",
+    "TRACING_FILTER_DIRECTIVE": "info",
+}
+"""The logging environment every brupop pod of the manifest has (JSON lines the harness can read)."""
 _RBAC = "rbac.authorization.k8s.io"
 KINDS: Mapping[str, Resource] = {
     "ServiceAccount": SERVICE_ACCOUNTS,
@@ -78,14 +86,7 @@ async def service_account_token(kube: KubeClient, name: str, *, audiences: list[
     spec: Obj = {"expirationSeconds": 3600}
     if audiences:
         spec["audiences"] = audiences
-    answer = await kube.create(
-        SERVICE_ACCOUNTS,
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
-        namespace=NAMESPACE,
-        name=name,
-        subresource="token",
-    )
-    return str(answer["status"]["token"])
+    return await token_request(kube, name, NAMESPACE, spec)
 
 
 def config_as(cluster: ClusterState, token: str) -> KubeConfig:
@@ -215,18 +216,31 @@ async def brupop_apiserver(
         await task
 
 
-def token_kubeconfig(cluster: ClusterState, path: Path, token: str) -> Path:
+def token_kubeconfig(
+    cluster: ClusterState,
+    path: Path,
+    token: str | None = None,
+    *,
+    token_file: Path | None = None,
+    server: str | None = None,
+) -> Path:
     """Write, at `path` (mode 0600), a kubeconfig for a brupop program in its own process: the local
-    kube-apiserver, trusted through the cluster's CA, reached with `token` alone, in brupop's namespace."""
+    kube-apiserver (or `server`, e.g. a fault proxy's listener), trusted through the cluster's CA, reached
+    with a bearer token alone (`token`, or `token_file`, read on every request as a projected token is), in
+    brupop's namespace."""
     base = KubeConfig.from_kubeconfig(Path(cluster.kubeconfig))
+    user: Obj = {"tokenFile": str(token_file)} if token_file is not None else {"token": token}
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "current-context": "brupop",
         "clusters": [
-            {"name": "local", "cluster": {"server": base.server, "certificate-authority": str(base.ca_file)}}
+            {
+                "name": "local",
+                "cluster": {"server": server or base.server, "certificate-authority": str(base.ca_file)},
+            }
         ],
-        "users": [{"name": "brupop", "user": {"token": token}}],
+        "users": [{"name": "brupop", "user": user}],
         "contexts": [
             {"name": "brupop", "context": {"cluster": "local", "user": "brupop", "namespace": NAMESPACE}}
         ],
@@ -242,7 +256,8 @@ async def stop_process(process: asyncio.subprocess.Process, *, grace: float) -> 
         return
     process.terminate()
     try:
-        await asyncio.wait_for(process.wait(), timeout=grace)
+        async with asyncio.timeout(grace):
+            await process.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
@@ -255,21 +270,77 @@ class ApiserverProcess:
 
     running: RunningApiserver
     port: int
-    process: asyncio.subprocess.Process
-    log: Path
+    process: BrupopProcess
 
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
+    @property
+    def name(self) -> str:
+        return self.process.pod
 
     def logged(self, event: str, **fields: str) -> bool:
-        """Whether the replica's JSON log has a line for `event` with these fields."""
-        for line in self.log.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items()):
-                    return True
-        return False
+        return self.process.logged(event, **fields)
+
+
+def serving_secret(cluster: ClusterState, pod_dir: Path, run_as: RunAs | None) -> Path:
+    """The apiserver's TLS Secret as mounted into one pod: a copy of the shared certificate, owned by the
+    pod's user."""
+    tls = pod_dir / "tls"
+    tls.mkdir(parents=True, exist_ok=True)
+    for name in ("tls.crt", "tls.key"):
+        shutil.copyfile(_serving_certificate(cluster) / name, tls / name)
+        owned_by(tls / name, run_as)
+    if run_as is not None:
+        os.chown(tls, run_as.uid, run_as.gid)
+    return tls
+
+
+async def apiserver_pod(
+    cluster: ClusterState,
+    kube: KubeClient,
+    *,
+    name: str,
+    drain_seconds: float = 60.0,
+    python: str = sys.executable,
+    server: str | None = None,
+    run_as: RunAs | None = None,
+    pod_dir: Path | None = None,
+) -> ApiserverProcess:
+    """A `brupop apiserver` replica configured by its environment, as the Deployment's pods are, with a
+    kubeconfig holding the apiserver service account's token (pointed at `server` when given); its files
+    and log are in `pod_dir` (by default <cluster dir>/pods/<name>; one `run_as` may enter when given).
+    Started, not yet answering."""
+    await install_rbac(kube)
+    pod_dir = pod_dir or Path(cluster.directory) / "pods" / name
+    pod_dir.mkdir(parents=True, exist_ok=True)
+    kubeconfig = token_kubeconfig(
+        cluster, pod_dir / "kubeconfig", token=await service_account_token(kube, APISERVER_SA), server=server
+    )
+    owned_by(kubeconfig, run_as)
+    port = free_port()
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "POD_NAME": name,
+        "APISERVER_INTERNAL_PORT": str(port),
+        "APISERVER_BIND_ADDRESS": "127.0.0.1",
+        "APISERVER_TLS_DIR": str(serving_secret(cluster, pod_dir, run_as)),
+        "DRAIN_TIMEOUT": str(drain_seconds),
+        "BRUPOP_NAMESPACE": NAMESPACE,
+        **PROGRAM_LOGGING,
+    }
+    process = BrupopProcess(
+        pod=name, program="apiserver", env=env, directory=pod_dir, run_as=run_as, python=python
+    )
+    await process.start()
+    return ApiserverProcess(running=apiserver_at(cluster, port), port=port, process=process)
+
+
+async def answering(replica: ApiserverProcess) -> None:
+    """Wait until the replica answers /ping; fails at once if it exits meanwhile."""
+
+    def alive() -> None:
+        if not replica.process.running:
+            raise RuntimeError(f"{replica.name} exited; see {replica.process.log}:\n{replica.process.tail()}")
+
+    await _answering(replica.running, alive)
 
 
 @contextlib.asynccontextmanager
@@ -281,40 +352,13 @@ async def apiserver_process(
     drain_seconds: float = 60.0,
     python: str = sys.executable,
 ) -> AsyncIterator[ApiserverProcess]:
-    """`python -m brupop apiserver` configured by its environment, as the Deployment's pods are, with a
-    kubeconfig holding the apiserver service account's token; logs go to <cluster dir>/<name>.log."""
-    await install_rbac(kube)
-    directory = Path(cluster.directory)
-    kubeconfig = token_kubeconfig(
-        cluster, directory / f"{name}.kubeconfig", await service_account_token(kube, APISERVER_SA)
-    )
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "KUBECONFIG": str(kubeconfig),
-        "APISERVER_INTERNAL_PORT": str(port),
-        "APISERVER_BIND_ADDRESS": "127.0.0.1",
-        "APISERVER_TLS_DIR": str(_serving_certificate(cluster)),
-        "DRAIN_TIMEOUT": str(drain_seconds),
-        "BRUPOP_NAMESPACE": NAMESPACE,
-        "LOGGING_FORMATTER": "json",
-    }
-    log = directory / f"{name}.log"
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            python, "-m", "brupop", "apiserver", env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
-        )
-    replica = ApiserverProcess(running=apiserver_at(cluster, port), port=port, process=process, log=log)
-
-    def alive() -> None:
-        if process.returncode is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}; see {log}")
-
+    """One apiserver replica (`apiserver_pod`), answering, stopped (SIGTERM, then SIGKILL) at the end."""
+    replica = await apiserver_pod(cluster, kube, name=name, drain_seconds=drain_seconds, python=python)
     try:
-        await _answering(replica.running, alive)
+        await answering(replica)
         yield replica
     finally:
-        await stop_process(process, grace=35)
+        await replica.process.terminate(grace=35)
 
 
 @contextlib.asynccontextmanager
@@ -337,7 +381,9 @@ async def node_agent(
         api = ApiserverClient(
             base_url=server.url, node_name=node, token_file=token_file, ca_file=server.ca_file
         )
-        host = HostClient(socket)
+        # The simulated host's boot ID (the fleet writes it next to the socket), as the pod reads its host's
+        # kernel boot ID: the machine's own never changes on a simulated reboot.
+        host = HostClient(socket, boot_id_file=socket.parent / "boot_id")
         agent = Agent(
             node_name=node, namespace=NAMESPACE, kube=agent_kube, host=host, api=api, options=options
         )

@@ -6,7 +6,8 @@
 read, and a test machine's Python often lives under a 0700 home (pyenv in /root). So this starts as root,
 sets the groups and the group, and drops the user: real and effective uid become the target, so every file
 the program opens (the host socket, its token, its CA) is checked as that user with those groups. Root is
-kept only as the saved uid, and taken back for the moment an import reads the interpreter's own modules.
+kept only as the saved uid, and taken back for the moment an import reads a module's code (a module's
+top-level code runs as the target user; only extension modules load as root).
 Only root can do this; anyone else gets one line saying why, and exit status 2.
 """
 
@@ -46,6 +47,9 @@ class _Privileges:
                 os.seteuid(self.uid)
 
 
+_PYTHON_CODE_LOADERS = (importlib.machinery.SourceFileLoader, importlib.machinery.SourcelessFileLoader)
+
+
 class _Loader(importlib.abc.Loader):
     def __init__(self, inner: importlib.abc.Loader, privileges: _Privileges) -> None:
         self._inner = inner
@@ -56,7 +60,16 @@ class _Loader(importlib.abc.Loader):
             return self._inner.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        with self._privileges.root():
+        if isinstance(self._inner, _PYTHON_CODE_LOADERS):
+            # Root only to read the code; the module's top-level code runs as the target user, so a file
+            # it opens at import is checked as in the pod.
+            with self._privileges.root():
+                code = self._inner.get_code(module.__name__)
+            if code is None:
+                raise ImportError(f"no code for module {module.__name__}", name=module.__name__)
+            exec(code, module.__dict__)
+            return
+        with self._privileges.root():  # an extension module: loading it is reading a library file
             self._inner.exec_module(module)
 
     def __getattr__(self, name: str) -> object:

@@ -6,13 +6,23 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from brupop.kube.client import DEPLOYMENTS, NODES, PDBS, PODS, SHADOWS, ApiError, KubeClient, Resource
+from brupop.kube.client import (
+    DAEMONSETS,
+    DEPLOYMENTS,
+    NODES,
+    PDBS,
+    PODS,
+    REPLICASETS,
+    SHADOWS,
+    STATEFULSETS,
+    ApiError,
+    KubeClient,
+    Resource,
+)
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE
-from integ.kubetools import ensure_namespace, eventually
+from integ.kubetools import ensure_namespace, eventually, pod_ready
 
 WORKLOADS = "workloads"
-STATEFULSETS = Resource("apps", "v1", "statefulsets", namespaced=True)
-DAEMONSETS = Resource("apps", "v1", "daemonsets", namespaced=True)
 Obj = dict[str, Any]
 
 
@@ -30,7 +40,24 @@ async def workloads(kube: KubeClient) -> None:
     await _app(kube, DAEMONSETS, "DaemonSet", "logs", pod)
     for name in ("nginx", "web"):
         await _budget(kube, name, min_available=2)
-    await eventually(lambda: workloads_ready(kube), within=120, what="the workloads to run")
+    try:
+        await eventually(lambda: workloads_ready(kube), within=120, what="the workloads to run")
+    except TimeoutError as err:
+        raise TimeoutError(f"{err}; their pods:\n{await describe_pods(kube)}") from None
+
+
+async def describe_pods(kube: KubeClient) -> str:
+    """The workloads' pods, one a line: node (or unscheduled), phase, ready, terminating."""
+    pods, _ = await kube.list(PODS, namespace=WORKLOADS)
+    lines = []
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        lines.append(
+            f"  {meta['name']}: {(pod.get('spec') or {}).get('nodeName') or 'not scheduled'}, "
+            f"{status.get('phase')}, {'ready' if pod_ready(pod) else 'not ready'}"
+            + (", terminating" if meta.get("deletionTimestamp") else "")
+        )
+    return "\n".join(lines) or "  none"
 
 
 async def workloads_ready(kube: KubeClient) -> bool:
@@ -43,10 +70,20 @@ async def workloads_ready(kube: KubeClient) -> bool:
 
 
 async def blocking_workload(kube: KubeClient, node: str) -> None:
-    """One pod pinned to `node` whose PDB (minAvailable 1 of 1) never allows its eviction."""
+    """One pod pinned to `node` whose PDB (minAvailable 1 of 1) never allows its eviction; returns once it
+    runs there."""
     pod = {"nodeSelector": {"kubernetes.io/hostname": node}, "containers": [{"name": "c", "image": "nginx"}]}
     await _app(kube, DEPLOYMENTS, "Deployment", "stubborn", pod, replicas=1)
     await _budget(kube, "stubborn", min_available=1)
+
+    async def running() -> bool:
+        deployment = await kube.get(DEPLOYMENTS, "stubborn", namespace=WORKLOADS)
+        return (deployment.get("status") or {}).get("readyReplicas") == 1
+
+    try:
+        await eventually(running, within=60, what="the pod of the blocking PDB to run")
+    except TimeoutError as err:
+        raise TimeoutError(f"{err}; the pods:\n{await describe_pods(kube)}") from None
 
 
 async def _app(kube: KubeClient, resource: Resource, kind: str, name: str, pod: Obj, **spec: Any) -> None:
@@ -98,14 +135,18 @@ async def clean(kube: KubeClient) -> None:
     new node of the same name would inherit it (a StatefulSet pod name still taken, an agent pod whose
     token dies, a stale shadow)."""
     agents = f"{COMPONENT_LABEL}={AGENT_COMPONENT}"
-    for resource in (DEPLOYMENTS, STATEFULSETS, DAEMONSETS, PDBS):
+    controllers = (DEPLOYMENTS, REPLICASETS, STATEFULSETS, DAEMONSETS)
+    for resource in (*controllers, PDBS):
         with contextlib.suppress(ApiError):  # nothing to delete on a first run
             await kube.request("DELETE", resource.path(namespace=WORKLOADS))
     with contextlib.suppress(ApiError):
         await kube.request("DELETE", PODS.path(namespace=WORKLOADS), params={"gracePeriodSeconds": "0"})
 
     async def leftovers() -> list[tuple[Resource, str | None, str]]:
+        # The workload controllers too: one the garbage collector has not removed yet (a ReplicaSet of a
+        # deleted Deployment) makes pods again, into the next run (seed 254 started with two of each).
         found = [
+            *[(r, WORKLOADS, o) for r in controllers for o in await _existing(kube, r, WORKLOADS)],
             *((PODS, WORKLOADS, o) for o in await _existing(kube, PODS, WORKLOADS)),
             *((PODS, NAMESPACE, o) for o in await _existing(kube, PODS, NAMESPACE, label_selector=agents)),
             *((SHADOWS, NAMESPACE, o) for o in await _existing(kube, SHADOWS, NAMESPACE)),
@@ -113,12 +154,18 @@ async def clean(kube: KubeClient) -> None:
         ]
         return [(r, ns, o["metadata"]["name"]) for r, ns, o in found if ns == WORKLOADS or _ours(o)]
 
+    left: list[tuple[Resource, str | None, str]] = []
+
     async def gone() -> bool:
         """Delete what is left (a DaemonSet re-creates a pod until its node is gone); True once nothing is."""
-        left = await leftovers()
+        left[:] = await leftovers()
         for resource, namespace, name in left:
             with contextlib.suppress(ApiError):  # already gone
                 await kube.delete(resource, name, namespace=namespace, options={"gracePeriodSeconds": 0})
         return not left
 
-    await eventually(gone, within=60, what="the previous run's objects to go")
+    try:
+        await eventually(gone, within=60, what="the previous run's objects to go")
+    except TimeoutError as err:
+        names = ", ".join(f"{r.plural} {ns + '/' if ns else ''}{name}" for r, ns, name in left)
+        raise TimeoutError(f"{err}; still there: {names}") from None

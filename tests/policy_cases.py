@@ -35,6 +35,7 @@ GOOD: dict[str, dict[str, Any]] = {
                 {"start": "2025-12-20", "end": "2026-01-04", "reason": "year-end change freeze"},
                 {"start": "2026-02-01T18:00", "end": "2026-02-01T22:30:00"},
                 {"start": "2026-03-01T10:00", "end": "2026-03-01"},
+                {"start": "0002-01-01", "end": "9998-12-31T23:59:59", "reason": "the furthest accepted"},
             ]
         },
     },
@@ -53,6 +54,52 @@ GOOD: dict[str, dict[str, Any]] = {
     "stop-everything": {"nodeSelector": {}, "paused": True, "priority": 1000},
     "unlimited-shorthand": {"nodeSelector": {}, "maxConcurrent": "unlimited", "schedule": {"cron": "@daily"}},
     "percent-budget": {"nodeSelector": {}, "failureBudget": {"maxFailures": "5%", "window": "24h"}},
+    "gates": {
+        "nodeSelector": {},
+        "gates": {
+            "prometheus": {
+                "url": "https://prometheus.monitoring.svc:9091/prom",
+                "query": 'ALERTS{alertstate="firing",severity="critical"}',
+                "bearerTokenFile": "/var/run/secrets/prometheus/token",
+                "caFile": "/etc/brupop/prometheus-ca.crt",
+                "timeout": "5s",
+                "failOpen": True,
+            },
+            "pods": [
+                {"selector": {"matchLabels": {"app": "backup"}}, "scope": "Node"},
+                {
+                    "selector": {
+                        "matchExpressions": [{"key": "example.com/maintenance", "operator": "Exists"}]
+                    }
+                },
+            ],
+            "cluster": {"maxUnhealthyNodes": "10%"},
+        },
+    },
+    "gates-count": {"nodeSelector": {}, "gates": {"cluster": {"maxUnhealthyNodes": 0}}},
+    "verification": {
+        "nodeSelector": {},
+        "verification": {
+            "timeout": "15m",
+            "workloads": True,
+            "workloadTolerance": "10%",
+            "prometheus": {
+                "url": "http://prometheus-operated.monitoring:9090",
+                "query": 'sum(rate(http_requests_total{code=~"5.."}[5m]))',
+                "expect": "< 0.05",
+            },
+            "soak": "5m",
+        },
+    },
+    "verification-defaults": {"nodeSelector": {}, "verification": {}},
+    "verification-expect-present": {
+        "nodeSelector": {},
+        "verification": {
+            "workloads": False,
+            "workloadTolerance": 1,
+            "prometheus": {"url": "http://p:9090", "query": "up", "expect": "NonEmpty"},
+        },
+    },
 }
 
 
@@ -86,6 +133,12 @@ class Bad:
 
 def _with(**fields: Any) -> dict[str, Any]:
     return {"nodeSelector": {}, **fields}
+
+
+def _prometheus_gate(**fields: Any) -> dict[str, Any]:
+    """A policy with a prometheus gate, `fields` changed (None: left out)."""
+    gate = {"url": "http://prometheus:9090", "query": "ALERTS", **fields}
+    return _with(gates={"prometheus": {k: v for k, v in gate.items() if v is not None}})
 
 
 BAD: dict[str, Bad] = {
@@ -154,6 +207,16 @@ BAD: dict[str, Bad] = {
         "spec.schedule.blackouts[0].start",
         "must be a real date",
     ),
+    "blackout-past-9998": Bad(
+        _with(schedule={"blackouts": [{"start": "2026-01-01", "end": "9999-12-31"}]}),
+        "spec.schedule.blackouts[0].end",
+        "in the years 0002 to 9998",
+    ),
+    "blackout-before-0002": Bad(
+        _with(schedule={"blackouts": [{"start": "0001-01-01", "end": "2026-01-01"}]}),
+        "spec.schedule.blackouts[0].start",
+        "in the years 0002 to 9998",
+    ),
     "blackout-words": Bad(
         _with(schedule={"blackouts": [{"start": "2025-03-01", "end": "tomorrow"}]}),
         "spec.schedule.blackouts[0].end",
@@ -207,4 +270,72 @@ BAD: dict[str, Bad] = {
         "each key and effect may appear only once",
     ),
     "unknown-field": Bad(_with(maxConcurent=1), "spec.maxConcurent", "unknown field", same_message=False),
+    "gate-url-no-scheme": Bad(
+        _prometheus_gate(url="prometheus:9090"), "spec.gates.prometheus.url", "match", same_message=False
+    ),
+    "gate-url-query-string": Bad(
+        _prometheus_gate(url="http://p:9090/?x=1"), "spec.gates.prometheus.url", "match", same_message=False
+    ),
+    "gate-query-blank": Bad(
+        _prometheus_gate(query="  "), "spec.gates.prometheus.query", "match", same_message=False
+    ),
+    "gate-query-missing": Bad(
+        _prometheus_gate(query=None), "spec.gates.prometheus.query", "Required", same_message=False
+    ),
+    "gate-timeout-too-long": Bad(
+        _prometheus_gate(timeout="10m"), "spec.gates.prometheus.timeout", "at most 5m"
+    ),
+    "gate-timeout-zero": Bad(_prometheus_gate(timeout="0s"), "spec.gates.prometheus.timeout", "positive"),
+    "gate-token-relative": Bad(
+        _prometheus_gate(bearerTokenFile="token"),
+        "spec.gates.prometheus.bearerTokenFile",
+        "match",
+        same_message=False,
+    ),
+    "gate-fail-open-word": Bad(
+        _prometheus_gate(failOpen="yes"), "spec.gates.prometheus.failOpen", "boolean", same_message=False
+    ),
+    "pods-empty-selector": Bad(
+        _with(gates={"pods": [{"selector": {}}]}),
+        "spec.gates.pods[0].selector",
+        "an empty selector would match every pod",
+    ),
+    "pods-scope": Bad(
+        _with(gates={"pods": [{"selector": {"matchLabels": {"a": "b"}}, "scope": "Namespace"}]}),
+        "spec.gates.pods[0].scope",
+        "Namespace",
+        same_message=False,
+    ),
+    "cluster-over-100": Bad(
+        _with(gates={"cluster": {"maxUnhealthyNodes": "150%"}}),
+        "spec.gates.cluster.maxUnhealthyNodes",
+        "0% to 100%",
+    ),
+    "cluster-negative": Bad(
+        _with(gates={"cluster": {"maxUnhealthyNodes": -1}}),
+        "spec.gates.cluster.maxUnhealthyNodes",
+        "0 or more",
+    ),
+    "cluster-without-limit": Bad(
+        _with(gates={"cluster": {}}), "spec.gates.cluster.maxUnhealthyNodes", "Required", same_message=False
+    ),
+    "expect-words": Bad(
+        _with(verification={"prometheus": {"url": "http://p:9090", "query": "up", "expect": "about 1"}}),
+        "spec.verification.prometheus.expect",
+        "must be Empty, NonEmpty or a comparison",
+    ),
+    "expect-lowercase": Bad(
+        _with(verification={"prometheus": {"url": "http://p:9090", "query": "up", "expect": "empty"}}),
+        "spec.verification.prometheus.expect",
+        "must be Empty, NonEmpty or a comparison",
+    ),
+    "tolerance-as-string": Bad(
+        _with(verification={"workloadTolerance": "1"}),
+        "spec.verification.workloadTolerance",
+        "must be a count",
+    ),
+    "soak-words": Bad(_with(verification={"soak": "5 min"}), "spec.verification.soak", "positive duration"),
+    "verification-timeout-days": Bad(
+        _with(verification={"timeout": "1d"}), "spec.verification.timeout", "positive duration"
+    ),
 }

@@ -23,6 +23,9 @@ counted again. Trouble reaching the host or the apiserver is retried with back-o
 cut short by watch events. A host socket the agent may not use is a configuration error, never a reboot or
 a failed step: logged with its fix at each (slow) retry, and the agent is not ready meanwhile.
 
+Each step only the agent sees is told as an Event on the Node and on the shadow (`brupop.agent.story`),
+after it is reported; telling never holds a step.
+
 What the agent last reported is remembered with the identity of the shadow it read (UID and
 resourceVersion), to cover the moment before the watch shows the write; a shadow deleted and created
 again is a new object and gets a fresh status.
@@ -40,6 +43,7 @@ from typing import Any
 
 import structlog
 
+from brupop.agent import story
 from brupop.agent.apiclient import ApiserverClient, ApiserverError
 from brupop.agent.host import (
     EAGER,
@@ -51,13 +55,16 @@ from brupop.agent.host import (
     PollPace,
 )
 from brupop.kube.client import NODES, SHADOWS, KubeClient
-from brupop.kube.informer import Backoff, Informer
-from brupop.models.constants import shadow_name
+from brupop.kube.events import EventRecorder
+from brupop.kube.informer import Informer
+from brupop.kube.retry import Backoff
+from brupop.models.constants import IN_CYCLE_LABEL, UPDATER_INTERFACE_LABEL, shadow_name
 from brupop.models.host import CommandStatus, CommandType, UpdateState, UpdateStatus
 from brupop.models.shadow import BottlerocketShadow, ShadowSpec, ShadowState, ShadowStatus
 from brupop.models.timestamp import Timestamp
 from brupop.models.wire import WireError
 from brupop.policy.drain import CORDON_ANNOTATION, CORDONED_BY_BRUPOP
+from brupop.policy.membership import managed
 
 log = structlog.get_logger("brupop.agent")
 S = ShadowState
@@ -83,6 +90,9 @@ class AgentOptions:
     update_check_interval: float = 120.0
     reboot_timeout: float = 1800.0
     """How long a host that accepted a reboot may take to boot again, its shutdown included."""
+    refused_reboot_grace: float = 180.0
+    """How long a host that refused a reboot is watched for a boot before the refusal is a failed step (a
+    host already shutting down, as after an agent restart mid-shutdown, may refuse a second reboot)."""
     misconfigured_retry: float = 30.0
     """Seconds between attempts while the host socket cannot be used (a configuration error)."""
     backoff: Backoff = RETRY_BACKOFF
@@ -98,15 +108,20 @@ class _Report:
     status: ShadowStatus
 
 
+_MANAGED_LABELS = (UPDATER_INTERFACE_LABEL, IN_CYCLE_LABEL)
+
+
 def trim_node(node: Obj) -> Obj:
     meta = node.get("metadata") or {}
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k == CORDON_ANNOTATION}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in _MANAGED_LABELS}
     return {
         "metadata": {
             "name": meta.get("name"),
             "uid": meta.get("uid"),
             "resourceVersion": meta.get("resourceVersion"),
             "annotations": annotations,
+            "labels": labels,
         },
         "spec": {"unschedulable": bool((node.get("spec") or {}).get("unschedulable"))},
     }
@@ -124,8 +139,12 @@ class Agent:
         options: AgentOptions | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        events: story.Recorder | None = None,
     ) -> None:
         self.node_name = node_name
+        self.namespace = namespace
+        self.events = events or EventRecorder(kube, controller=story.REPORTER, instance=node_name)
+        self._shadow_uid: str | None = None
         self.host = host
         self.api = api
         self.options = options or AgentOptions()
@@ -166,6 +185,7 @@ class Agent:
         tasks = [
             asyncio.create_task(self.shadow_informer.run()),
             asyncio.create_task(self.node_informer.run()),
+            asyncio.create_task(self.events.run()),
         ]
         try:
             await self.shadow_informer.ready.wait()
@@ -223,6 +243,16 @@ class Agent:
         await self.api.update_status(status)
         self._reported = _Report(*_identity(shadow), status=status)
 
+    def _tell(self, told: story.Told) -> None:
+        story.tell(
+            self.events,
+            told,
+            node=self.node_name,
+            node_uid=self.api.node_uid or None,
+            namespace=self.namespace,
+            shadow_uid=self._shadow_uid,
+        )
+
     async def reconcile_once(self) -> None:
         nodes = self.node_informer.items()
         if not nodes:
@@ -230,9 +260,16 @@ class Agent:
         self.api.node_uid = str(nodes[0]["metadata"]["uid"])
         shadow = self._shadow()
         if shadow is None:
+            if not managed(nodes[0]):
+                # The node left brupop and its cycle is over: the controller deleted the shadow on purpose
+                # and this pod is about to go; creating it again would only fight the controller.
+                self.log.info("not creating a BottlerocketShadow: brupop no longer manages this node")
+                return
             self.log.info("creating my BottlerocketShadow")
             await self.api.create_shadow()
             return
+        uid = shadow.metadata.get("uid")
+        self._shadow_uid = str(uid) if uid else None
         running = await self.host.os_version()
         status, spec = shadow.status, shadow.spec
         if status is None:
@@ -266,6 +303,11 @@ class Agent:
                 state_transition_failure_timestamp=Timestamp.from_datetime(self._clock()),
             )
             await self._report(shadow, failed)
+            self._tell(
+                story.failed(
+                    step=spec.state, version=spec.version, failures=failed.crash_count, error=str(err)
+                )
+            )
             return
         reached: dict[str, Any] = {
             "current_state": spec.state,
@@ -274,6 +316,9 @@ class Agent:
         if spec.state is S.IDLE and status.current_state is S.MONITORING_UPDATE:
             reached.update(crash_count=0, state_transition_failure_timestamp=None)  # a full cycle succeeded
         await self._report(shadow, replace(status, **reached))
+        told = _reached(spec, status.current_state, reached["current_version"])
+        if told is not None:
+            self._tell(told)
 
     async def _settled(self, shadow: BottlerocketShadow, status: ShadowStatus, running: str) -> None:
         """Nothing to do for the controller's goal: keep the host tidy and the report current."""
@@ -356,7 +401,8 @@ class Agent:
         await self._command(CommandType.ACTIVATE)
 
     async def _reboot_into(self, version: str, running: str) -> None:
-        if running == version:
+        if running == version:  # a new agent finds the host booted (and reports it once it is released)
+            self._tell(story.rebooted(version))
             await self._release_node()
             return
         host = await self.host.status()
@@ -380,19 +426,29 @@ class Agent:
         except ApiserverError as err:
             raise StepError(f"cordon and drain failed: {err}") from None
         self.log.info("rebooting into the update", version=version)
+        self._tell(story.rebooting(version))
         boot = self.host.boot_id()
         try:
             await self.host.reboot()
         except HostUnreachableError:
             raise
-        except HostError as err:  # the host refused (e.g. an inhibitor): a failed step, not an outage
-            raise StepError(f"reboot: {err}") from None
-        timeout = self.options.reboot_timeout
-        booted = await self.host.wait_for_boot(since=boot, pending=version, within=timeout)
-        if booted is None:
-            raise StepError(f"the host accepted the reboot but did not boot again within {timeout:g}s")
+        except HostError as err:
+            # Refused: an inhibitor (a failed step), or a host already going down (this agent was restarted
+            # during the shutdown it had asked for, and systemd will not start another). Only a host that
+            # does not boot within the grace is a failed step; ErrorReset would uncordon and deactivate the
+            # update on a host about to boot it.
+            grace = min(self.options.refused_reboot_grace, self.options.reboot_timeout)
+            booted = await self.host.wait_for_boot(since=boot, pending=version, within=grace)
+            if booted is None:
+                raise StepError(f"reboot: {err}") from None
+        else:
+            timeout = self.options.reboot_timeout
+            booted = await self.host.wait_for_boot(since=boot, pending=version, within=timeout)
+            if booted is None:
+                raise StepError(f"the host accepted the reboot but did not boot again within {timeout:g}s")
         if booted != version:
             raise StepError(f"the host came back on {booted} after rebooting into {version}: rolled back")
+        self._tell(story.rebooted(version))
         await self._release_node()
 
     async def _release_node(self) -> None:
@@ -403,6 +459,15 @@ class Agent:
 
 def _identity(shadow: BottlerocketShadow) -> tuple[object, object]:
     return shadow.metadata.get("uid"), shadow.metadata.get("resourceVersion")
+
+
+def _reached(spec: ShadowSpec, before: ShadowState, running: str) -> story.Told | None:
+    """What people are told when the node reached `spec.state` from `before`."""
+    if spec.state is S.STAGED_AND_PERFORMED_UPDATE and spec.version is not None:
+        return story.staged(spec.version)
+    if spec.state is S.IDLE and before is S.MONITORING_UPDATE:
+        return story.succeeded(running)
+    return None
 
 
 def _wanted(spec: ShadowSpec) -> str:

@@ -1,31 +1,46 @@
 """The HTTP surface: the Rust brupop's routes and headers (so agents of either stay compatible), with
-authentication as a FastAPI dependency and the cluster work behind two small protocols.
+authentication checked first in every node route and the cluster work behind two small protocols.
 
 `Gatekeeper` proves who is calling (see `auth`), `NodeOperations` performs the writes; both are built from
 `brupop.kube` in `server`. Keeping them as protocols lets the routes be tested without a cluster and keeps
-this module free of Kubernetes client code.
+this module free of Kubernetes client code. What it does know of the Kubernetes API is which failures mean
+"it could not answer now" (`brupop.kube.client.unavailable`): a transport error, a timeout, throttling or
+a 5xx becomes a 503 that tells the agent to try again, never a 500, and the process serves on.
+
+Plain Starlette routes, not FastAPI: nothing here needs request models (the one JSON body is read by the
+wire models), and FastAPI with pydantic cost the apiserver 15 MiB of its memory. The OpenAPI document
+(`GET /openapi.json`, the Brupop headers and the status body's schema included) is written here, from the
+routes, when first asked for.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from fastapi import Depends, FastAPI, Header, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from brupop.apiserver.auth import NODE_NAME_HEADER, NODE_UID_HEADER, TOKEN_HEADER, AuthError, NodeIdentity
-from brupop.models.conversion import handle_conversion_review
-from brupop.models.crd import structural_schema
+from brupop.apiserver.bodies import (
+    STATUS_BODY_LIMIT,
+    BodyTooLargeError,
+    ConversionWebhook,
+    read_body,
+    too_large,
+)
+from brupop.apiserver.metrics import RequestMetrics
+from brupop.kube.client import ApiError, unavailable
 from brupop.models.shadow import ShadowStatus
-from brupop.models.wire import WireError
+from brupop.models.wire import WireError, loads
 
+T = TypeVar("T")
+Endpoint = Callable[[Request], Awaitable[Response]]
 NODE_RESOURCE = "/bottlerocket-node-resource"
-# Seconds; drains can legitimately take up to DRAIN_TIMEOUT (30 minutes by default).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 300, 1800)
+TITLE, VERSION = "brupop apiserver", "2"
 
 
 class Gatekeeper(Protocol):
@@ -53,115 +68,166 @@ class OperationError(Exception):
         self.detail = dict(detail or {})
 
 
-class RequestMetrics:
-    """Request counts and latencies per route template (not per raw path, to bound cardinality)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.requests = Counter(
-            "brupop_apiserver_requests",
-            "HTTP requests served, by method, route and status code.",
-            ["method", "route", "code"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "brupop_apiserver_request_duration_seconds",
-            "Time to serve a request, by method and route.",
-            ["method", "route"],
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
-        )
-
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        self.requests.labels(request.method, template, str(response.status_code)).inc()
-        self.latency.labels(request.method, template).observe(time.perf_counter() - started)
-        return response
+def described(err: BaseException) -> str:
+    """An error as a caller reads it; a transport error's text alone may be empty."""
+    return str(err) if isinstance(err, ApiError) else f"{type(err).__name__}: {err}".rstrip(": ")
 
 
-async def _caller(
-    request: Request,
-    # Declared for the OpenAPI schema only; the gate reads and checks them (401 when missing, not 422).
-    node_name: Annotated[str | None, Header(alias=NODE_NAME_HEADER)] = None,
-    node_uid: Annotated[str | None, Header(alias=NODE_UID_HEADER)] = None,
-    token: Annotated[str | None, Header(alias=TOKEN_HEADER)] = None,
-) -> NodeIdentity:
-    gate: Gatekeeper = request.app.state.gate
-    return await gate.identify(request.headers)
+async def answered(call: Awaitable[T]) -> T:
+    """`call`'s result; a failure that means the Kubernetes API server could not answer becomes a 503."""
+    try:
+        return await call
+    except Exception as err:
+        if not unavailable(err):
+            raise
+        raise OperationError(
+            503, f"the Kubernetes API server could not answer ({described(err)}); try again"
+        ) from None
 
 
-Caller = Annotated[NodeIdentity, Depends(_caller)]
+async def _refused(request: Request, err: Exception) -> Response:
+    assert isinstance(err, AuthError)
+    return JSONResponse({"error": err.reason}, status_code=err.status)
+
+
+async def _failed(request: Request, err: Exception) -> Response:
+    assert isinstance(err, OperationError)
+    return JSONResponse({"error": err.message, **err.detail}, status_code=err.status)
 
 
 def create_app(
     *, gate: Gatekeeper, ops: NodeOperations, registry: CollectorRegistry | None = None
-) -> FastAPI:
+) -> Starlette:
     metrics = RequestMetrics(registry or CollectorRegistry())
-    app = FastAPI(title="brupop apiserver", version="2", docs_url=None, redoc_url=None)
-    app.state.gate = gate
-    app.middleware("http")(metrics.middleware)
 
-    @app.exception_handler(AuthError)
-    async def refused(request: Request, err: AuthError) -> JSONResponse:
-        return JSONResponse({"error": err.reason}, status_code=err.status)
+    async def caller(request: Request) -> NodeIdentity:
+        return await answered(gate.identify(request.headers))
 
-    @app.exception_handler(OperationError)
-    async def failed(request: Request, err: OperationError) -> JSONResponse:
-        return JSONResponse({"error": err.message, **err.detail}, status_code=err.status)
+    async def ping(request: Request) -> Response:
+        return PlainTextResponse("pong")
 
-    @app.get("/ping", response_class=PlainTextResponse)
-    async def ping() -> str:
-        return "pong"
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/crdconvert")
-    async def convert(request: Request) -> JSONResponse:
-        try:
-            review = json.loads(await request.body())
-        except ValueError:
-            return JSONResponse({"error": "request body is not JSON"}, status_code=400)
-        if not isinstance(review, dict):
-            return JSONResponse({"error": "a ConversionReview must be a JSON object"}, status_code=400)
-        return JSONResponse(handle_conversion_review(review))
-
-    @app.post(NODE_RESOURCE)
-    async def create(node: Caller) -> dict[str, Any]:
+    async def create(request: Request) -> Response:
         """Create this node's BottlerocketShadow (or return the existing one). The body is ignored."""
-        return await ops.create_shadow(node)
+        node = await caller(request)
+        return JSONResponse(await answered(ops.create_shadow(node)))
 
-    # The body is read by the wire models, not by FastAPI; its schema is declared for the OpenAPI document.
+    async def update(request: Request) -> Response:
+        """Merge-patch this node's shadow status with the (v2) status object in the body."""
+        node = await caller(request)
+        try:
+            data = loads(await read_body(request, STATUS_BODY_LIMIT))
+        except WireError as err:
+            return JSONResponse({"error": f"invalid status: {err}"}, status_code=400)
+        try:
+            status = ShadowStatus.from_wire(data)
+        except WireError as err:
+            return JSONResponse({"error": f"invalid status: {err}"}, status_code=422)
+        await answered(ops.update_status(node, status))
+        return JSONResponse(status.to_wire())
+
+    def action(operation: Callable[[NodeIdentity], Awaitable[None]]) -> Endpoint:
+        async def run(request: Request) -> Response:
+            await answered(operation(await caller(request)))
+            return Response(status_code=200)
+
+        return run
+
+    webhook = ConversionWebhook()
+
+    async def convert(request: Request) -> Response:
+        return await webhook(request)
+
+    document: dict[str, Any] = {}
+
+    async def openapi(request: Request) -> Response:
+        if not document:
+            document.update(openapi_document())
+        return JSONResponse(document)
+
+    routes = [
+        Route("/ping", ping, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/crdconvert", convert, methods=["POST"]),
+        Route(NODE_RESOURCE, create, methods=["POST"]),
+        Route(NODE_RESOURCE, update, methods=["PUT"]),
+        *(
+            Route(f"{NODE_RESOURCE}/{path}", action(getattr(ops, operation)), methods=["POST"])
+            for path, operation, _ in ACTIONS
+        ),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[metrics.middleware()],
+        exception_handlers={AuthError: _refused, OperationError: _failed, BodyTooLargeError: too_large},
+    )
+
+
+ACTIONS = (
+    ("cordon-and-drain", "cordon_and_drain", "Cordon the node and evict its pods (bounded)"),
+    ("uncordon", "uncordon", "Make the node schedulable again unless an admin cordoned it"),
+    ("exclude-from-lb", "exclude_from_lb", "Label the node out of external load balancers"),
+    ("remove-exclusion-from-lb", "remove_exclusion_from_lb", "Remove the load-balancer exclusion"),
+)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the routes: the Brupop headers on every node route (checked by the
+    gate: missing ones are a 401, malformed ones a 400) and the status update's body schema."""
+    from brupop.models.crd import structural_schema  # only when asked: it loads every CRD's models
+
+    headers = [
+        {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+        for name in (NODE_NAME_HEADER, NODE_UID_HEADER, TOKEN_HEADER)
+    ]
+    refusals = {
+        str(code): {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        for code, text in (
+            (400, "malformed headers or body"),
+            (401, "missing or invalid credentials"),
+            (403, "not the agent of this node"),
+            (503, "the Kubernetes API server could not answer; try again"),
+        )
+    }
+
+    def node_route(summary: str, ok: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"summary": summary, "parameters": headers, "responses": {"200": ok, **refusals}, **extra}
+
+    empty = {"description": "done"}
+    json_object = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
     status_body = {
         "required": True,
         "content": {"application/json": {"schema": structural_schema(ShadowStatus)}},
     }
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    paths: dict[str, Any] = {
+        "/ping": {
+            "get": {"summary": "Liveness", "responses": {"200": {"description": "pong", "content": text}}}
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "", "content": text}},
+            }
+        },
+        "/crdconvert": {
+            "post": {
+                "summary": "The CRD conversion webhook (no authentication, as for the Rust brupop)",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": json_object, "400": {"description": "not a ConversionReview"}},
+            }
+        },
+        NODE_RESOURCE: {
+            "post": node_route("Create this node's BottlerocketShadow (the body is ignored)", json_object),
+            "put": node_route("Merge-patch this node's shadow status", json_object, requestBody=status_body),
+        },
+    }
+    for path, _, summary in ACTIONS:
+        paths[f"{NODE_RESOURCE}/{path}"] = {"post": node_route(summary, empty)}
+    return {"openapi": "3.1.0", "info": {"title": TITLE, "version": VERSION}, "paths": paths}
 
-    @app.put(NODE_RESOURCE, openapi_extra={"requestBody": status_body})
-    async def update(node: Caller, request: Request) -> Response:
-        """Merge-patch this node's shadow status with the (v2) status object in the body."""
-        try:
-            status = ShadowStatus.from_json(await request.body())
-        except WireError as err:
-            return JSONResponse({"error": f"invalid status: {err}"}, status_code=422)
-        await ops.update_status(node, status)
-        return JSONResponse(status.to_wire())
 
-    def action(path: str, operation: Callable[[NodeIdentity], Awaitable[None]], summary: str) -> None:
-        async def run(node: Caller) -> Response:
-            await operation(node)
-            return Response(status_code=200)
-
-        app.post(f"{NODE_RESOURCE}/{path}", summary=summary, response_class=Response)(run)
-
-    action("cordon-and-drain", ops.cordon_and_drain, "Cordon the node and evict its pods (bounded)")
-    action("uncordon", ops.uncordon, "Make the node schedulable again unless an admin cordoned it")
-    action("exclude-from-lb", ops.exclude_from_lb, "Label the node out of external load balancers")
-    action("remove-exclusion-from-lb", ops.remove_exclusion_from_lb, "Remove the load-balancer exclusion")
-    return app
+ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}

@@ -3,38 +3,85 @@ by watching the node's pods, until each one is gone. Bounded: after `time_limit`
 with the pods still there and the PDBs that refused them, instead of blocking forever like the Rust
 brupop (#650).
 
-Evictions run a few at a time. A 429 (a PDB forbids it now) is retried with jittered exponential back-off,
-as is a 500 (the API server's answer when several PDBs match a pod) and any transport error; a 404 means
-the pod is already gone. Which pods to evict is `brupop.policy.drain.must_leave`. A repeated drain simply
-starts over from the node's current pods, so it continues where an interrupted one stopped.
+Which pods: the ones on the node when the drain begins (it begins after the cordon, so every pod bound
+before the cordon is among them) that `brupop.policy.drain.must_leave` does not keep. A pod bound to the
+node later is evicted only when it does not tolerate the cordon: then a scheduler bound it before it saw
+the cordon, and it would die in the reboot without its eviction. One that tolerates the cordon was put on
+the cordoned node on purpose (a replacement of a pod just evicted, from a workload with `tolerations:
+[{operator: Exists}]`): evicting it would only bring the next one, in a loop, so it is left running and
+reported. A workload whose late pods keep coming back anyway (a controller that sets `spec.nodeName`
+itself) gets `LATE_EVICTIONS_PER_OWNER` of them evicted, then the rest are left running and reported.
+
+How fast: at most `concurrency` evictions in flight and `rate` per second overall; the same pod is tried
+again no sooner than a second later (longer with jittered back-off, or when the server asks for longer).
+
+Answers (see `brupop.policy.drain.read_eviction`): evicted, gone, retried (a PDB refusal, throttling, a
+server or transport error), waited for (a namespace being deleted: the namespace controller deletes its
+pods, an eviction never succeeds), or refused for good (several PDBs matching one pod, an invalid request,
+and no permission once it has lasted `Pace.denials_settle` seconds: a kube-apiserver that has just started
+denies until its authorizer has caught up): a refusal for good fails the drain, naming the pod and the
+answer.
+
+Evictions refused for long are reported while they last (`Notice`): the pod, the answer, the PDBs. One
+case is recognised: a PDB that counts the pod as disrupted (`status.disruptedPods`) while the pod lives
+on without a deletionTimestamp: an eviction whose pod deletion was lost (the kube-apiserver charges the PDB
+before it deletes the pod, and a client that goes away mid-request can cancel the delete). The budget is
+held until the disruption controller expires the entry, two minutes after it was written; the drain says
+so, names both, and tries the pod again as the entry expires.
+
+A repeated drain starts over from the node's current pods, so it continues where an interrupted one stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Protocol
 
 import structlog
 
-from brupop.kube.informer import Backoff, resource_version
-from brupop.policy.drain import is_terminating, must_leave, pod_key
+from brupop.kube.informer import resource_version
+from brupop.kube.retry import Backoff
+from brupop.policy.drain import (
+    Eviction,
+    Outcome,
+    is_terminating,
+    must_leave,
+    owner_key,
+    pod_key,
+    tolerates_cordon,
+)
 
 log = structlog.get_logger("brupop.drain")
 
 Obj = dict[str, Any]
-_PDB_NAME = re.compile(r"disruption budget (\S+)")
+LATE_EVICTIONS_PER_OWNER: Final = 3
+DISRUPTION_EXPIRY: Final = timedelta(minutes=2)
+"""How long the disruption controller keeps a `disruptedPods` entry whose pod was not deleted."""
 
 
-class EvictionBlockedError(Exception):
-    """429: evicting now would violate a PodDisruptionBudget."""
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How fast a drain goes and when it speaks up."""
 
-
-class PodGoneError(Exception):
-    """404: the pod no longer exists."""
+    concurrency: int = 5
+    """Evictions in flight at once."""
+    rate: float = 10.0
+    """Evictions started per second, overall."""
+    min_retry: float = 1.0
+    """Seconds at least between two tries of one pod."""
+    report_after: float = 30.0
+    """Seconds a pod's evictions are refused before the drain says so; then again every `report_every`."""
+    report_every: float = 300.0
+    stale_after: float = 5.0
+    """Age a `disruptedPods` entry of a living pod must have to count as a lost eviction rather than
+    another client's eviction in flight."""
+    denials_settle: float = 10.0
+    """Seconds a pod's evictions must be denied (403 Forbidden) before the drain fails on it: a
+    kube-apiserver that has just (re)started denies until its authorizer has caught up."""
 
 
 class PodApi(Protocol):
@@ -44,42 +91,352 @@ class PodApi(Protocol):
 
     def watch_pods(self, node: str, resource_version: str) -> AsyncIterator[tuple[str, Obj]]: ...
 
-    async def evict(self, namespace: str, name: str, uid: str) -> None:
-        """Raises EvictionBlockedError, PodGoneError, or another error worth retrying."""
+    async def evict(self, namespace: str, name: str, uid: str) -> Eviction:
+        """The API server's answer to an eviction; raises only when no answer came (worth retrying)."""
+        ...
+
+    async def disrupted_pods(self, namespace: str, pdb: str) -> Mapping[str, str]:
+        """The PDB's `status.disruptedPods`: pod name -> when it was counted (RFC 3339)."""
         ...
 
 
-class DrainTimeoutError(Exception):
-    def __init__(self, node: str, remaining: list[str], pdbs: list[str], seconds: float) -> None:
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something an operator should hear about while a drain runs (the apiserver logs it, records a
+    Warning Event on the Node and counts it)."""
+
+    reason: str
+    """`EvictionRefused`, `StaleDisruption` or `LeftRunning`."""
+    pod: str
+    message: str
+    pdbs: tuple[str, ...] = ()
+
+
+class DrainError(Exception):
+    """A drain that did not finish; `remaining` are the pods still there."""
+
+    def __init__(self, message: str, *, node: str, remaining: list[str], pdbs: list[str]) -> None:
+        super().__init__(message)
         self.node = node
         self.remaining = remaining
         self.pdbs = pdbs
+
+
+class DrainTimeoutError(DrainError):
+    def __init__(
+        self, node: str, remaining: list[str], pdbs: list[str], seconds: float, answers: str
+    ) -> None:
         blocked = f"; blocked by PodDisruptionBudget(s) {', '.join(pdbs)}" if pdbs else ""
+        last = f"; last answers: {answers}" if answers else ""
         super().__init__(
             f"drain of node {node} timed out after {seconds:g}s with {len(remaining)} pod(s) left: "
-            f"{', '.join(remaining)}{blocked}"
+            f"{', '.join(remaining)}{blocked}{last}",
+            node=node,
+            remaining=remaining,
+            pdbs=pdbs,
         )
 
 
+class EvictionRefusedError(DrainError):
+    """The API server refused a pod's eviction for good (it would refuse every retry)."""
+
+    def __init__(self, node: str, pod: str, answer: Eviction, remaining: list[str]) -> None:
+        super().__init__(
+            f"drain of node {node} failed: the eviction of {pod} was refused ({answer.name}): "
+            f"{answer.message}",
+            node=node,
+            remaining=remaining,
+            pdbs=sorted(answer.pdbs),
+        )
+        self.pod = pod
+        self.answer = answer
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    evicted: int
+    """Pods that had to leave and are gone."""
+    left_running: list[str]
+    """Pods bound after the drain began that tolerate the cordon (or kept coming back), left running."""
+
+
+class _Pacer:
+    """At most `rate` starts per second overall: each caller waits for the next free slot."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        slot = max(loop.time(), self._next)
+        self._next = slot + self._interval
+        await asyncio.sleep(slot - loop.time())
+
+
 @dataclass
-class _Progress:
-    remaining: dict[str, str]
-    """Pod key -> the UID we wait to disappear."""
-    pdbs: dict[str, set[str]] = field(default_factory=dict)
-    """Pod key -> PDBs that refused its eviction."""
+class _Target:
+    """A pod that must go: its UID, the latest answer about it, since when it has been refused."""
+
+    uid: str
+    pod: Obj
+    answer: Eviction | None = None
+    refused_since: float | None = None
+    denied_since: float | None = None
+    """Since when every answer has been a denial (403 Forbidden)."""
+    reported_at: float | None = None
+    reported_disruption: str | None = None
+    waiting: bool = False
+    """No more evictions: the pod is deleted by someone else (its namespace is terminating)."""
+
+
+@dataclass
+class _Drain:
+    api: PodApi
+    node: str
+    notify: Callable[[Notice], None]
+    pace: Pace
+    retry: Backoff
+    targets: dict[str, _Target] = field(default_factory=dict)
+    """Pod key -> the pod we wait to disappear."""
+    seen: set[str] = field(default_factory=set)
+    """UIDs of every pod decided about (to evict, to leave, or kept by must_leave)."""
+    late: dict[str, int] = field(default_factory=dict)
+    """Owner -> late pods evicted."""
+    left_running: list[str] = field(default_factory=list)
+    evicted: int = 0
+    refusal: EvictionRefusedError | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.pace.concurrency)
+        self.pacer = _Pacer(self.pace.rate)
+
+    # Which pods must go.
+    def begin(self, pods: list[Obj]) -> None:
+        for pod in pods:
+            self.seen.add(_uid(pod))
+            if not must_leave(pod):
+                self._add(pod)
+
+    def arrived(self, pod: Obj) -> None:
+        """A pod bound to the node after the drain began."""
+        uid = _uid(pod)
+        if uid in self.seen:
+            return
+        self.seen.add(uid)
+        if must_leave(pod):
+            return
+        key = pod_key(pod)
+        if tolerates_cordon(pod):
+            self._leave(key, "it tolerates the cordon and was bound to the node after the drain began")
+            return
+        owner = owner_key(pod)
+        if self.late.get(owner, 0) >= LATE_EVICTIONS_PER_OWNER:
+            self._leave(
+                key,
+                f"{LATE_EVICTIONS_PER_OWNER} pods of its owner were already bound to the cordoned node and "
+                "evicted during this drain; evicting more would not stop them",
+            )
+            return
+        self.late[owner] = self.late.get(owner, 0) + 1
+        log.info("a pod was bound to the cordoned node; evicting it too", node=self.node, pod=key)
+        self._add(pod)
+
+    def _leave(self, key: str, why: str) -> None:
+        self.left_running.append(key)
+        log.warning("pod left running on the drained node", node=self.node, pod=key, why=why)
+        self.notify(Notice("LeftRunning", key, f"pod {key} is left running on node {self.node}: {why}"))
+
+    def _add(self, pod: Obj) -> None:
+        key = pod_key(pod)
+        self.targets[key] = _Target(uid=_uid(pod), pod=pod)
+        if not is_terminating(pod):
+            task = asyncio.create_task(self._evict(key))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     def gone(self, key: str, uid: str | None = None) -> None:
-        if key in self.remaining and (uid is None or self.remaining[key] == uid):
-            del self.remaining[key]
-            self.pdbs.pop(key, None)
-        if not self.remaining:
+        target = self.targets.get(key)
+        if target is not None and (uid is None or target.uid == uid):
+            del self.targets[key]
+            self.evicted += 1
+        if not self.targets:
             self.done.set()
 
+    def forget_missing(self, current: list[Obj]) -> None:
+        present = {pod_key(p): _uid(p) for p in current}
+        for key, target in list(self.targets.items()):
+            if present.get(key) != target.uid:
+                self.gone(key)
+        for pod in current:
+            self.arrived(pod)
 
-def blocking_pdbs(message: str) -> set[str]:
-    """PDB names from the API server's 429 message ("... The disruption budget web needs 2 healthy ...")."""
-    return set(_PDB_NAME.findall(message))
+    # Evicting one pod.
+    async def _evict(self, key: str) -> None:
+        attempt = 0
+        while (target := self.targets.get(key)) is not None and not target.waiting:
+            async with self.slots:
+                await self.pacer.wait()
+                meta = target.pod["metadata"]
+                try:
+                    answer = await self.api.evict(meta["namespace"], meta["name"], target.uid)
+                except Exception as err:  # no answer: the API server is restarting, the network is down
+                    answer = Eviction.unreachable(str(err))
+            delay = await self._answered(key, target, answer, attempt)
+            if delay is None:
+                return
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _answered(self, key: str, target: _Target, answer: Eviction, attempt: int) -> float | None:
+        """Act on an answer; the seconds until the next try, or None when trying is over."""
+        target.answer = answer
+        match answer.outcome:
+            case Outcome.EVICTED:
+                target.refused_since = None
+                return None  # the watch sees the pod go
+            case Outcome.GONE:
+                self.gone(key)
+                return None
+            case Outcome.WAIT:
+                target.waiting = True
+                log.info("waiting for the pod to be deleted", node=self.node, pod=key, answer=answer.name)
+                return None
+            case Outcome.REFUSED:
+                self._refused(key, answer)
+                return None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if target.refused_since is None:
+            target.refused_since = now
+        if answer.outcome is not Outcome.DENIED:
+            target.denied_since = None
+        elif target.denied_since is None:
+            target.denied_since = now
+        elif now - target.denied_since >= self.pace.denials_settle:
+            self._refused(key, answer)
+            return None
+        delay: float = max(self.pace.min_retry, self.retry.delay(attempt), answer.retry_after)
+        expires_in = await self._stale_disruption(key, target, answer)
+        if expires_in is not None:
+            return max(self.pace.min_retry, min(delay, expires_in))
+        refused_for = now - target.refused_since
+        due = target.reported_at is None or now - target.reported_at >= self.pace.report_every
+        if refused_for >= self.pace.report_after and due:
+            target.reported_at = now
+            pdbs = f" (PodDisruptionBudget {', '.join(sorted(answer.pdbs))})" if answer.pdbs else ""
+            message = (
+                f"the eviction of pod {key} has been refused for {refused_for:.0f}s{pdbs}: "
+                f"{answer.name}: {answer.message}"
+            )
+            log.warning(
+                "evictions keep being refused",
+                node=self.node,
+                pod=key,
+                answer=answer.name,
+                pdbs=sorted(answer.pdbs),
+            )
+            self.notify(Notice("EvictionRefused", key, message, tuple(sorted(answer.pdbs))))
+        return delay
+
+    def _refused(self, key: str, answer: Eviction) -> None:
+        """A refusal for good: the drain ends with it (the first one, when several pods are refused)."""
+        if self.refusal is None:
+            self.refusal = EvictionRefusedError(self.node, key, answer, sorted(self.targets))
+        self.done.set()
+
+    async def _stale_disruption(self, key: str, target: _Target, answer: Eviction) -> float | None:
+        """When a PDB that refused `key` counts it as disrupted although it lives on (an eviction whose
+        delete was lost): report it once per entry and return the seconds until the entry expires."""
+        if not answer.pdbs or is_terminating(target.pod):
+            return None
+        meta = target.pod["metadata"]
+        now = datetime.now(UTC)
+        for pdb in sorted(answer.pdbs):
+            try:
+                disrupted = await self.api.disrupted_pods(meta["namespace"], pdb)
+            except Exception as err:
+                log.info("cannot read the PodDisruptionBudget", pdb=pdb, error=str(err))
+                continue
+            since = disrupted.get(meta["name"])
+            counted = _instant(since)
+            if counted is None or (now - counted).total_seconds() < self.pace.stale_after:
+                continue
+            expires = counted + DISRUPTION_EXPIRY
+            if since != target.reported_disruption:
+                target.reported_disruption = since
+                target.reported_at = asyncio.get_running_loop().time()
+                message = (
+                    f"PodDisruptionBudget {meta['namespace']}/{pdb} has counted pod {key} as disrupted since "
+                    f"{since}, but the pod was never deleted (an eviction whose delete was lost, e.g. when "
+                    "an apiserver replica died mid-eviction); the budget stays used until the disruption "
+                    f"controller expires the entry at {expires.isoformat(timespec='seconds')}, and the "
+                    "drain tries the pod again then"
+                )
+                log.warning(
+                    "a lost eviction holds the PodDisruptionBudget",
+                    node=self.node,
+                    pod=key,
+                    pdb=pdb,
+                    since=since,
+                )
+                self.notify(Notice("StaleDisruption", key, message, (pdb,)))
+            return max((expires - now).total_seconds(), 0.0) + 0.5
+        return None
+
+    # Watching the node's pods.
+    async def watch(self, version: str) -> None:
+        since, failures = version, 0
+        while True:
+            try:
+                heard = False
+                async for kind, pod in self.api.watch_pods(self.node, since):
+                    heard = True
+                    since = resource_version(pod) or since
+                    key, uid = pod_key(pod), _uid(pod)
+                    target = self.targets.get(key)
+                    if kind == "DELETED":
+                        self.gone(key, uid)
+                    elif kind in ("ADDED", "MODIFIED"):
+                        if target is not None and target.uid != uid:
+                            self.gone(key)  # replaced under the same name (StatefulSet): the old pod is gone
+                        elif target is not None:
+                            target.pod = pod
+                        self.arrived(pod)
+                # The stream ended (server-side timeout): catch up from a fresh list, then watch again. One
+                # that ended with no event is paced like a failure: a server or proxy that closes watches at
+                # once would otherwise make this a loop of list and watch calls.
+                if heard:
+                    failures = 0
+                else:
+                    await asyncio.sleep(self.retry.delay(failures))
+                    failures += 1
+                current, since = await self.api.list_pods(self.node)
+                self.forget_missing(current)
+            except Exception as err:
+                log.warning("watching pods failed; retrying", node=self.node, error=str(err))
+                await asyncio.sleep(self.retry.delay(failures))
+                failures += 1
+                with contextlib.suppress(Exception):
+                    current, since = await self.api.list_pods(self.node)
+                    self.forget_missing(current)
+
+
+def _uid(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("uid", ""))
+
+
+def _instant(text: object) -> datetime | None:
+    """An RFC 3339 time as the API server writes it (`2024-05-01T10:00:00Z`), or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 async def drain(
@@ -87,109 +444,50 @@ async def drain(
     node: str,
     *,
     time_limit: float,
-    concurrency: int = 5,
+    pace: Pace | None = None,
     backoff: Backoff | None = None,
-) -> int:
-    """Evict every pod on `node` that must go and wait until they are gone; returns how many there were.
-
-    Rounds repeat until a fresh listing shows nothing left to evict: a replacement pod that the scheduler
-    bound to the node just before it saw the cordon is drained too.
-    """
-    retry = backoff or Backoff(base=1.0, cap=10.0)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + time_limit
-    total = 0
-    while True:
-        pods, version = await api.list_pods(node)
-        targets = [p for p in pods if not must_leave(p)]
-        if not targets:
-            log.info("drained", node=node, pods=total)
-            return total
-        total += len(targets)
-        await _drain_round(
-            api,
-            node,
-            targets,
-            version,
-            time_left=max(deadline - loop.time(), 0.0),
-            time_limit=time_limit,
-            concurrency=concurrency,
-            retry=retry,
-        )
-
-
-async def _drain_round(
-    api: PodApi,
-    node: str,
-    targets: list[Obj],
-    version: str,
-    *,
-    time_left: float,
-    time_limit: float,
-    concurrency: int,
-    retry: Backoff,
-) -> None:
-    progress = _Progress(remaining={pod_key(p): str(p["metadata"].get("uid", "")) for p in targets})
-    log.info("draining", node=node, pods=len(progress.remaining))
-    slots = asyncio.Semaphore(concurrency)
-
-    async def evict(pod: Obj) -> None:
-        meta = pod["metadata"]
-        key = pod_key(pod)
-        attempt = 0
-        async with slots:
-            while key in progress.remaining:
-                try:
-                    await api.evict(meta["namespace"], meta["name"], str(meta.get("uid", "")))
-                    return
-                except PodGoneError:
-                    progress.gone(key)
-                    return
-                except EvictionBlockedError as err:
-                    progress.pdbs.setdefault(key, set()).update(blocking_pdbs(str(err)))
-                except Exception as err:
-                    log.warning("eviction failed; retrying", pod=key, error=str(err))
-                await asyncio.sleep(retry.delay(attempt))
-                attempt += 1
-
-    def forget_missing(current: list[Obj]) -> None:
-        present = {pod_key(p): str(p["metadata"].get("uid", "")) for p in current}
-        for key, uid in list(progress.remaining.items()):
-            if present.get(key) != uid:
-                progress.gone(key)
-
-    async def watch() -> None:
-        since, failures = version, 0
-        while True:
-            try:
-                async for kind, pod in api.watch_pods(node, since):
-                    since = resource_version(pod) or since
-                    uid = str(pod.get("metadata", {}).get("uid", ""))
-                    key = pod_key(pod)
-                    if kind == "DELETED":
-                        progress.gone(key, uid)
-                    elif kind in ("ADDED", "MODIFIED") and progress.remaining.get(key, uid) != uid:
-                        progress.gone(key)  # replaced under the same name (StatefulSet): the old pod is gone
-                # The stream ended (server-side timeout): catch up from a fresh list, then watch again.
-                current, since = await api.list_pods(node)
-                forget_missing(current)
-                failures = 0
-            except Exception as err:
-                log.warning("watching pods failed; retrying", node=node, error=str(err))
-                await asyncio.sleep(retry.delay(failures))
-                failures += 1
-                with contextlib.suppress(Exception):
-                    current, since = await api.list_pods(node)
-                    forget_missing(current)
-
-    tasks = [asyncio.create_task(watch())]
-    tasks += [asyncio.create_task(evict(p)) for p in targets if not is_terminating(p)]
+    notify: Callable[[Notice], None] = lambda notice: None,
+) -> DrainResult:
+    """Evict every pod on `node` that must go and wait until they are gone (see the module docstring)."""
+    work = _Drain(
+        api=api,
+        node=node,
+        notify=notify,
+        pace=pace or Pace(),
+        retry=backoff or Backoff(base=1.0, cap=10.0),
+    )
+    pods, version = await api.list_pods(node)
+    work.begin(pods)
+    if not work.targets:
+        log.info("drained", node=node, pods=0, left_running=work.left_running)
+        return DrainResult(evicted=0, left_running=work.left_running)
+    log.info("draining", node=node, pods=len(work.targets))
+    watcher = asyncio.create_task(work.watch(version))
     try:
-        await asyncio.wait_for(progress.done.wait(), timeout=time_left)
+        async with asyncio.timeout(time_limit):
+            while True:
+                await work.done.wait()
+                if work.refusal is not None:
+                    break
+                # Nothing left to wait for: a last listing finds a pod bound meanwhile that the watch has
+                # not shown yet.
+                current, _ = await api.list_pods(node)
+                work.done.clear()
+                work.forget_missing(current)
+                if not work.targets:
+                    break
     except TimeoutError:
-        pdbs = sorted({name for names in progress.pdbs.values() for name in names})
-        raise DrainTimeoutError(node, sorted(progress.remaining), pdbs, time_limit) from None
+        remaining = sorted(work.targets)
+        pdbs = sorted({pdb for t in work.targets.values() if t.answer for pdb in t.answer.pdbs})
+        answers = ", ".join(
+            f"{key}: {target.answer.name}" for key, target in sorted(work.targets.items()) if target.answer
+        )
+        raise DrainTimeoutError(node, remaining, pdbs, time_limit, answers) from None
     finally:
-        for task in tasks:
+        for task in (watcher, *work.tasks):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(watcher, *work.tasks, return_exceptions=True)
+    if work.refusal is not None:
+        raise work.refusal
+    log.info("drained", node=node, pods=work.evicted, left_running=work.left_running)
+    return DrainResult(evicted=work.evicted, left_running=work.left_running)

@@ -11,17 +11,22 @@ keeps only labels, UID and schedulability), so memory grows with what decisions 
 watch events for that key older than it are ignored until one at least as new arrives. resourceVersions are
 compared as integers when both are (etcd revisions, as every kube-apiserver serves them), else only equality
 counts. A fresh list clears assumptions.
+
+`OptionalResource` serves a resource that may not exist in the cluster (a CRD that an older install
+lacks): a list answered 404 counts as an empty list, so the informer becomes ready, and the resource is
+listed again every `recheck` seconds until it is served. A list refused (403: RBAC lacks the rule) is not
+"none": it fails like any other (the informer stays unready), with one error line naming the rule to grant.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+
+from brupop.kube.retry import Backoff, wait_before_retry
 
 log = structlog.get_logger("brupop.informer")
 
@@ -40,15 +45,6 @@ class ListWatch(Protocol):
     def watch(self, resource_version: str) -> AsyncIterator[tuple[str, Obj]]:
         """(type, object) events after `resource_version`; raises ResourceExpiredError on 410."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    base: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.cap, self.base * 2 ** min(attempt, 32)))
 
 
 def object_key(obj: Mapping[str, Any]) -> str:
@@ -75,6 +71,67 @@ def _without_version(obj: Mapping[str, Any]) -> dict[str, Any]:
 def _watch_error(status: Mapping[str, Any]) -> Exception:
     message = str(status.get("message", "watch error"))
     return ResourceExpiredError(message) if status.get("code") == 410 else RuntimeError(message)
+
+
+ABSENT = "absent"
+"""The resourceVersion `OptionalResource` gives the list of a resource that is not served."""
+
+
+class OptionalResource:
+    """A ListWatch of a resource the cluster may not serve: see the module docstring."""
+
+    def __init__(self, source: ListWatch, *, name: str, rule: str, recheck: float = 60.0) -> None:
+        self._source = source
+        self._name = name
+        self._rule = rule
+        """The RBAC rule reading the resource needs, named in the error a refusal (403) gets."""
+        self._recheck = recheck
+        self._absent = False
+        self._refused = False
+
+    async def list(self) -> tuple[list[Obj], str]:
+        try:
+            objects, version = await self._source.list()
+        except Exception as err:
+            if getattr(err, "status", None) == 403 and not self._refused:
+                log.error(
+                    "forbidden: grant the missing RBAC rule (manifests older than the image?); "
+                    "nothing is reconciled until then",
+                    informer=self._name,
+                    missing_rbac_rule=self._rule,
+                    error=str(err),
+                )
+            self._refused = getattr(err, "status", None) == 403
+            if not getattr(err, "not_found", False):
+                raise
+            if not self._absent:
+                log.warning("not served by this cluster; taken as none", informer=self._name, error=str(err))
+            self._absent = True
+            return [], ABSENT
+        if self._absent:
+            log.info("served again", informer=self._name)
+        self._absent = False
+        self._refused = False
+        return objects, version
+
+    def watch(self, resource_version: str) -> AsyncIterator[tuple[str, Obj]]:
+        if resource_version == ABSENT:
+            return _ListAgain(self._recheck)
+        return self._source.watch(resource_version)
+
+
+class _ListAgain:
+    """The watch of a resource that was not served: nothing, then (after a while) a fresh list."""
+
+    def __init__(self, after: float) -> None:
+        self._after = after
+
+    def __aiter__(self) -> _ListAgain:
+        return self
+
+    async def __anext__(self) -> tuple[str, Obj]:
+        await asyncio.sleep(self._after)
+        raise ResourceExpiredError("not served at the last list: listing again")
 
 
 class Informer:
@@ -168,7 +225,9 @@ class Informer:
                 log.info("watch expired; listing again", informer=self._name)
                 version = None
             except Exception as err:
-                delay = self._backoff.delay(failures)
+                # A refusal the server qualified (429 or 503 with Retry-After) is waited out in full.
+                retry_after = getattr(err, "retry_after", None)
+                delay = wait_before_retry(self._backoff, failures, retry_after=retry_after)
                 failures += 1
                 log.warning(
                     "list/watch failed", informer=self._name, error=str(err), retry_in=round(delay, 2)

@@ -21,6 +21,9 @@ AGENT_COMPONENT: Final = "agent"
 APISERVER_COMPONENT: Final = "apiserver"
 CONTROLLER_COMPONENT: Final = "brupop-controller"
 EXCLUDE_FROM_LB_LABEL: Final = "node.kubernetes.io/exclude-from-external-load-balancers"
+IN_CYCLE_LABEL: Final = f"{API_GROUP}/in-update-cycle"
+"""On a Node from before its update starts until it is settled and uncordoned (value `true`); the agent
+DaemonSet selects it too, so a node that leaves brupop mid-cycle keeps its agent until the cycle is over."""
 
 APISERVER_SERVICE_NAME: Final = "brupop-apiserver"
 APISERVER_SERVICE_PORT: Final = 443
@@ -57,3 +60,26 @@ RESUMED_AT_ANNOTATION: Final = f"{API_GROUP}/resumed-at"
 """On an UpdatePolicy: an RFC 3339 time; a failure-budget halt that began at or before it is cleared."""
 DURING_UPDATE_ANNOTATION: Final = f"{API_GROUP}/during-update"
 """On a Node: what brupop added for the length of the node's cycle (JSON), so it removes only that."""
+
+# What operators and the controller tell each other through annotations (issue 18).
+WAITING_ANNOTATION: Final = f"{API_GROUP}/waiting"
+"""On a shadow, written by the controller: why the node waits, when only the controller can know (a health
+gate's verdict), as JSON (`brupop.models.progress.Waiting`)."""
+HISTORY_ANNOTATION: Final = f"{API_GROUP}/history"
+"""On a shadow, written by the controller: the node's last update cycles, as JSON
+(`brupop.models.progress.History`)."""
+CYCLE_ANNOTATION: Final = f"{API_GROUP}/cycle"
+"""On a shadow, written by the controller for the length of a node's update cycle: where and when it began,
+as JSON (`brupop.models.progress.CycleStart`), so the cycle's end can go into the history."""
+RETRY_ANNOTATION: Final = f"{API_GROUP}/retry"
+"""On a shadow, written by people (`kubectl brupop retry`): the failure time (the status's
+`state_transition_failure_timestamp`, exactly) whose crash back-off is waived; a later failure backs off."""
+PAUSED_BY_ANNOTATION: Final = f"{API_GROUP}/paused-by"
+"""On an UpdatePolicy: who paused it with `kubectl brupop pause` (all), so `resume` (all) unpauses exactly
+those, and leaves policies paused on purpose paused."""
+PAUSE_ALL_POLICY: Final = "brupop-pause-all"
+"""The UpdatePolicy `kubectl brupop pause` creates for the nodes no other policy selects (deleted by
+`resume`)."""
+VERIFICATION_ANNOTATION: Final = f"{API_GROUP}/verification"
+"""On a shadow, written by the controller: the verification of the node's update in progress (its workload
+snapshot, when its soak began, how it ended), as JSON (`brupop.models.verifying.VerificationRecord`)."""

@@ -2,11 +2,15 @@
 cluster enforces can never drift from what the programs read and write.
 
 Kubernetes wants a *structural* schema: every property typed, `nullable: true` for values that may be
-null. `structural_schema` writes one from a model's fields: their types, constraints and descriptions.
+null. `structural_schema` writes one from a model's fields: their types, constraints and descriptions. A
+model with `NULLABLE = False` (the shadow's spec and status, the policies) has no nullable field: the API
+server drops a null written to one, so an unset field is absent (kubectl shows nothing for it, where a new
+shadow's `spec.version: null` showed `<no value>` as the Rust brupop's nullable schema had it).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import types
 from enum import Enum
@@ -16,7 +20,8 @@ from brupop.models import constants as c
 from brupop.models.policy import UpdatePolicySpec, UpdatePolicyStatus
 from brupop.models.shadow import ShadowSpec, ShadowStatus
 from brupop.models.shadow_v1 import ShadowSpecV1, ShadowStatusV1
-from brupop.models.timestamp import Timestamp
+from brupop.models.timestamp import RATCHETING_VALIDATIONS, Timestamp
+from brupop.models.timestamp import SCHEMA as TIMESTAMP_SCHEMA
 from brupop.models.wire import Keys, MaxSize, Pattern, Range, Rule, Wire, wire_fields
 
 
@@ -89,7 +94,9 @@ def _value_schema(hint: Any) -> dict[str, Any]:
         return container
     if isinstance(hint, type) and issubclass(hint, Enum):
         return {"type": "string", "enum": [member.value for member in hint]}
-    if hint is str or hint is Timestamp:
+    if hint is Timestamp:
+        return copy.deepcopy(TIMESTAMP_SCHEMA)
+    if hint is str:
         return {"type": "string"}
     if hint is int:
         return {"type": "integer"}
@@ -106,7 +113,8 @@ def _version(
     status: type[Wire],
     with_crash_count: bool,
 ) -> dict[str, Any]:
-    status_schema = structural_schema(status)
+    spec_schema = _ratcheting_timestamps(structural_schema(spec))
+    status_schema = _ratcheting_timestamps(structural_schema(status))
     status_schema["nullable"] = True
     columns = [
         {"name": "State", "type": "string", "jsonPath": ".status.current_state"},
@@ -116,6 +124,8 @@ def _version(
     ]
     if with_crash_count:
         columns.append({"name": "Crash Count", "type": "string", "jsonPath": ".status.crash_count"})
+    # A CRD with its own columns loses kubectl's AGE column unless it names it.
+    columns.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})
     return {
         "name": name,
         "served": True,
@@ -125,12 +135,22 @@ def _version(
                 "description": "One Bottlerocket node's update: the controller's goal, the agent's report.",
                 "type": "object",
                 "required": ["spec"],
-                "properties": {"spec": structural_schema(spec), "status": status_schema},
+                "properties": {"spec": spec_schema, "status": status_schema},
             }
         },
         "subresources": {"status": {}},
         "additionalPrinterColumns": columns,
     }
+
+
+def _ratcheting_timestamps(schema: dict[str, Any]) -> dict[str, Any]:
+    """A shadow's spec or status schema with its timestamps' checks in the form that lets a value stored
+    before them stay (see `RATCHETING_VALIDATIONS`): clusters upgrading from the Rust brupop hold such
+    shadows, and every status write to one would be refused."""
+    for prop in schema["properties"].values():
+        if prop.get("x-kubernetes-validations") == TIMESTAMP_SCHEMA["x-kubernetes-validations"]:
+            prop["x-kubernetes-validations"] = copy.deepcopy(RATCHETING_VALIDATIONS)
+    return schema
 
 
 def custom_resource_definition(

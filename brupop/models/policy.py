@@ -23,7 +23,18 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 from brupop.models.constants import API_VERSION_POLICY, BRUPOP_PREFIX, POLICY_KIND, UPDATER_INTERFACE_LABEL
 from brupop.models.timestamp import Timestamp
-from brupop.models.wire import Extra, Keys, MaxSize, Pattern, Range, Rule, Wire, cel_quote, described
+from brupop.models.wire import (
+    Extra,
+    Keys,
+    MaxSize,
+    Pattern,
+    Range,
+    Rule,
+    Wire,
+    annotations_of,
+    cel_quote,
+    described,
+)
 
 # Kubernetes' qualified name (label and annotation keys, taint keys): an optional DNS subdomain prefix and
 # `/`, then a name of at most 63 characters. `[.]` rather than an escaped dot, so the same text is a
@@ -53,22 +64,30 @@ def _count_or_percent(value: int | str, *, low: int, percent: str) -> bool:
     return re.fullmatch(percent, value) is not None
 
 
+def _count_or_percent_cel(*, low: int, percent: str, words: str = "") -> str:
+    """A CEL rule for an int-or-string: a count from `low`, or a percentage matching `percent` (or `words`,
+    a CEL condition a string may meet instead)."""
+    text = f"self.matches({cel_quote('^' + percent + '$')})"
+    return f"type(self) == int ? self >= {low} && self <= {MAX_COUNT} : " + (
+        f"{words} || {text}" if words else text
+    )
+
+
 MAX_CONCURRENT_RULE: Final = Rule(
-    cel=(
-        f"type(self) == int ? self >= 0 && self <= {MAX_COUNT} : "
-        f"self == 'unlimited' || self.matches({cel_quote('^' + PERCENT + '$')})"
-    ),
+    cel=_count_or_percent_cel(low=0, percent=PERCENT, words="self == 'unlimited'"),
     message='must be a count (0 or more, e.g. 3), a percentage of the pool (0% to 100%, e.g. "10%") '
     'or "unlimited"',
     check=lambda value: value == "unlimited" or _count_or_percent(value, low=0, percent=PERCENT),
 )
 MAX_FAILURES_RULE: Final = Rule(
-    cel=(
-        f"type(self) == int ? self >= 1 && self <= {MAX_COUNT} : "
-        f"self.matches({cel_quote('^' + POSITIVE_PERCENT + '$')})"
-    ),
+    cel=_count_or_percent_cel(low=1, percent=POSITIVE_PERCENT),
     message='must be a count (1 or more, e.g. 2) or a percentage of the pool (1% to 100%, e.g. "10%")',
     check=lambda value: _count_or_percent(value, low=1, percent=POSITIVE_PERCENT),
+)
+COUNT_OR_PERCENT_RULE: Final = Rule(
+    cel=_count_or_percent_cel(low=0, percent=PERCENT),
+    message='must be a count (0 or more, e.g. 1) or a percentage (0% to 100%, e.g. "10%")',
+    check=lambda value: _count_or_percent(value, low=0, percent=PERCENT),
 )
 
 # Durations: whole hours, minutes and seconds, in that order (`90s`, `30m`, `1h30m`), more than zero. A
@@ -79,6 +98,16 @@ DURATION_RULE: Final = Rule(
     message="must be a positive duration in hours, minutes and seconds, e.g. 90s, 30m or 1h30m",
     check=lambda value: re.fullmatch(DURATION, value) is not None and re.search("[1-9]", value) is not None,
 )
+
+
+def bounded_duration_rule(at_most: str) -> Rule:
+    """DURATION_RULE with an upper bound (CEL's `duration()` reads the same notation, a subset of Go's)."""
+    return Rule(
+        cel=f"{DURATION_RULE.cel} && duration(self) <= duration('{at_most}')",
+        message=f"must be a positive duration of at most {at_most} in hours, minutes and seconds, "
+        "e.g. 10s or 1m",
+        check=lambda value: DURATION_RULE.check(value) and duration(value) <= duration(at_most),
+    )
 
 
 def duration(text: str) -> timedelta:
@@ -104,7 +133,12 @@ def duration_text(span: timedelta) -> str:
 # A local date (`2025-12-24`) or date and time (`2025-12-24T18:00`, `2025-12-24T18:00:00`), in the policy's
 # time zone. CEL has no local-time type: it completes the text to a full date-time and parses it as UTC,
 # which refuses what is not a real date (February 30th) as Python's parser does.
-LOCAL_TIME: Final = r"[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2})?)?"
+# Years 0002 to 9998 only: a blackout's end date plus its day, or any local time in a zone up to a day off
+# UTC, then stays within the years 0001-9999 of Python and CEL ("until further notice": 9998-12-31).
+LOCAL_YEAR: Final = (
+    r"(000[2-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
+)
+LOCAL_TIME: Final = LOCAL_YEAR + r"-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2})?)?"
 
 
 def _cel_complete(value: str, *, day_end: str) -> str:
@@ -117,7 +151,10 @@ def local_time(text: str, *, end: bool = False) -> datetime:
     """A naive local datetime; a bare date is the start of that day, or, as an `end`, the start of the next
     (a blackout ending on a date lasts through that day)."""
     if re.fullmatch(LOCAL_TIME, text) is None:
-        raise ValueError(f"{text!r} is not a date (2025-12-24) or a date and time (2025-12-24T18:00)")
+        raise ValueError(
+            f"{text!r} is not a date (2025-12-24) or a date and time (2025-12-24T18:00) "
+            "in the years 0002 to 9998"
+        )
     moment = datetime.fromisoformat(text)
     return moment + timedelta(days=1) if end and len(text) == 10 else moment
 
@@ -136,7 +173,7 @@ LOCAL_TIME_RULE: Final = Rule(
         f"timestamp({_cel_complete('self', day_end='00:00:00')} + 'Z') >= timestamp('0001-01-01T00:00:00Z')"
     ),
     message="must be a real date (2025-12-24) or local date and time "
-    "(2025-12-24T18:00 or 2025-12-24T18:00:00)",
+    "(2025-12-24T18:00 or 2025-12-24T18:00:00), in the years 0002 to 9998",
     check=_is_local_time,
 )
 
@@ -161,7 +198,7 @@ class SelectorOperator(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LabelSelectorRequirement(Wire):
-    """One requirement on a node label, as in a Kubernetes LabelSelector."""
+    """One requirement on a label, as in a Kubernetes LabelSelector."""
 
     NULLABLE: ClassVar[bool] = False
     RULES: ClassVar[tuple[Rule, ...]] = (
@@ -182,16 +219,16 @@ class LabelSelectorRequirement(Wire):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LabelSelector(Wire):
-    """Which opted-in nodes the policy selects: every matchLabels entry and every matchExpressions
-    requirement must hold (an empty selector selects every opted-in node)."""
+    """A Kubernetes label selector: every matchLabels entry and every matchExpressions requirement must
+    hold (an empty selector selects everything)."""
 
     NULLABLE: ClassVar[bool] = False
 
     match_labels: Annotated[dict[str, LabelValue], MaxSize(32), Keys(QUALIFIED_NAME, _KEY_WORDS)] = described(
-        "Labels the node must carry with exactly these values.", key="matchLabels", default_factory=dict
+        "Labels that must be there with exactly these values.", key="matchLabels", default_factory=dict
     )
     match_expressions: Annotated[list[LabelSelectorRequirement], MaxSize(32)] = described(
-        "Requirements on the node's labels.", key="matchExpressions", default_factory=list
+        "Requirements on the labels.", key="matchExpressions", default_factory=list
     )
 
 
@@ -317,6 +354,174 @@ class DuringUpdate(Wire):
     )
 
 
+# Where Prometheus is: a base URL (scheme, host, optional port and path prefix; the HTTP API is under
+# <url>/api/v1), files the controller reads (a mounted token, a CA bundle) as absolute paths.
+PROMETHEUS_URL: Final = r"https?://[^\s/?#]+(/[^\s?#]*)?"
+FILE_PATH: Final = r"(/[^/]+)+"
+NOT_BLANK: Final = r"[\s\S]*\S[\s\S]*"
+_NUMBER: Final = r"[-+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][-+]?[0-9]+)?"
+COMPARISON: Final = rf"(<|<=|>|>=|==|!=) ?{_NUMBER}"
+EXPECT_EMPTY: Final = "Empty"
+EXPECT_NON_EMPTY: Final = "NonEmpty"
+EXPECT_RULE: Final = Rule(
+    cel=(
+        f"self == '{EXPECT_EMPTY}' || self == '{EXPECT_NON_EMPTY}' || "
+        f"self.matches({cel_quote('^' + COMPARISON + '$')})"
+    ),
+    message=f"must be {EXPECT_EMPTY}, {EXPECT_NON_EMPTY} or a comparison every sample must pass, "
+    "e.g. '< 0.05' or '== 1'",
+    check=lambda text: text in (EXPECT_EMPTY, EXPECT_NON_EMPTY) or re.fullmatch(COMPARISON, text) is not None,
+)
+MAX_PROMETHEUS_TIMEOUT: Final = "5m"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrometheusSource(Wire):
+    """A Prometheus server (or anything serving its HTTP API: Thanos, Mimir, VictoriaMetrics) the
+    controller queries."""
+
+    NULLABLE: ClassVar[bool] = False
+
+    url: Annotated[str, MaxSize(2048), Pattern(f"^{PROMETHEUS_URL}$")] = described(
+        "The server's base URL, e.g. http://prometheus-operated.monitoring:9090 (the API is under /api/v1)."
+    )
+    bearer_token_file: Annotated[str, MaxSize(1024), Pattern(f"^{FILE_PATH}$")] | None = described(
+        "A file in the controller's pod holding a bearer token, read again for every query (tokens rotate).",
+        key="bearerTokenFile",
+        default=None,
+    )
+    ca_file: Annotated[str, MaxSize(1024), Pattern(f"^{FILE_PATH}$")] | None = described(
+        "A file in the controller's pod holding the CA certificates that sign the server's (PEM).",
+        key="caFile",
+        default=None,
+    )
+    timeout: Annotated[str, MaxSize(20), bounded_duration_rule(MAX_PROMETHEUS_TIMEOUT)] = described(
+        f"How long one query may take (at most {MAX_PROMETHEUS_TIMEOUT}). Default: 10s.", default="10s"
+    )
+    fail_open: bool = described(
+        "What an unavailable Prometheus (unreachable, too slow, an HTTP 5xx) means: false (the default) "
+        "blocks, true lets updates go on. A query Prometheus refuses always blocks.",
+        key="failOpen",
+        default=False,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrometheusGate(PrometheusSource):
+    """Blocks while a PromQL query returns any series, e.g. ALERTS{alertstate="firing",severity="critical"}
+    (as kured's alert filter does)."""
+
+    query: Annotated[str, MaxSize(4096), Pattern(f"^{NOT_BLANK}$")] = described(
+        "An instant query whose result is empty while the cluster is healthy."
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthQuery(PrometheusSource):
+    """A PromQL query a node's update must satisfy before its slot frees."""
+
+    query: Annotated[str, MaxSize(4096), Pattern(f"^{NOT_BLANK}$")] = described(
+        'An instant query, e.g. sum(rate(http_requests_total{code=~"5.."}[5m])).'
+    )
+    expect: Annotated[str, MaxSize(64), EXPECT_RULE] = described(
+        f"{EXPECT_EMPTY} (the default: no series), {EXPECT_NON_EMPTY} (at least one series), or a comparison "
+        "(<, <=, >, >=, ==, != and a number, e.g. '< 0.05') that a non-empty result must pass in every "
+        "sample.",
+        default=EXPECT_EMPTY,
+    )
+
+
+class PodScope(StrEnum):
+    CLUSTER = "Cluster"
+    NODE = "Node"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodGate(Wire):
+    """Blocks while pods matching a label selector exist (pending or running; finished pods do not count),
+    anywhere in the cluster or on the node about to update, as kured's blocking pod selector does."""
+
+    NULLABLE: ClassVar[bool] = False
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=(
+                "(has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || "
+                "(has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)"
+            ),
+            message="an empty selector would match every pod: name the pods that block",
+            check=lambda gate: bool(gate.selector.match_labels or gate.selector.match_expressions),
+            field="selector",
+        ),
+    )
+
+    selector: LabelSelector = described("The pods that block, in every namespace.")
+    scope: PodScope = described(
+        "Cluster (the default): such a pod anywhere blocks every node; Node: only the node it runs on.",
+        default=PodScope.CLUSTER,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterGate(Wire):
+    """Blocks while too many of the cluster's nodes are unhealthy: NotReady, or unschedulable for a reason
+    that is not brupop's. Nodes in brupop's own update cycle do not count."""
+
+    NULLABLE: ClassVar[bool] = False
+
+    max_unhealthy_nodes: Annotated[int | str, COUNT_OR_PERCENT_RULE] = described(
+        "The most unhealthy nodes that still let updates start: a count (0: any unhealthy node blocks) or "
+        'a percentage of all the cluster\'s nodes ("10%": more than 10% blocks).',
+        key="maxUnhealthyNodes",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gates(Wire):
+    """Checked before a node's update starts (before it is cordoned) and again while it waits: while any
+    gate blocks, no node of the pool starts; nodes already updating finish."""
+
+    NULLABLE: ClassVar[bool] = False
+
+    prometheus: PrometheusGate | None = described(
+        "Block while a PromQL query returns anything.", default=None
+    )
+    pods: Annotated[list[PodGate], MaxSize(8)] = described(
+        "Block while matching pods exist.", default_factory=list
+    )
+    cluster: ClusterGate | None = described("Block while too many nodes are unhealthy.", default=None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verification(Wire):
+    """What a node's update must show before its slot frees and the next node may start: the Node is
+    Ready, the workloads that had pods on it are as ready as before it was drained (within
+    `workloadTolerance`), and the health query gives what it expects; then, for `soak`, that all of it
+    (and the Prometheus and cluster gates) still holds. A node that does not pass within `timeout`, or
+    fails during the soak, has failed its update (ErrorReset with the reason; the failure budget counts
+    it)."""
+
+    NULLABLE: ClassVar[bool] = False
+
+    timeout: Annotated[str, MaxSize(20), DURATION_RULE] = described(
+        "How long after the node is back on the new version it has to pass. Default: 10m.", default="10m"
+    )
+    workloads: bool = described(
+        "Whether the workloads (Deployments, StatefulSets, DaemonSets, ReplicaSets) that had pods on the "
+        "node must be back to their readiness before the drain. Default: true.",
+        default=True,
+    )
+    workload_tolerance: Annotated[int | str, COUNT_OR_PERCENT_RULE] = described(
+        "How many fewer ready replicas than before each workload may have: a count, or a percentage of "
+        "its desired replicas (rounded down). Default: 0.",
+        key="workloadTolerance",
+        default=0,
+    )
+    prometheus: HealthQuery | None = described("A PromQL health query.", default=None)
+    soak: Annotated[str, MaxSize(20), DURATION_RULE] | None = described(
+        "How long everything must keep holding once it first does, e.g. 5m.", default=None
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdatePolicySpec(Wire):
     """What the policy asks for. Fields left out take the controller's settings (the environment)."""
@@ -325,7 +530,7 @@ class UpdatePolicySpec(Wire):
 
     node_selector: LabelSelector = described(
         "The opted-in nodes of this policy's pool; a node several policies select belongs to the one with "
-        "the highest priority, then the first name in alphabetical order.",
+        "the highest priority, then a paused one, then the first name in alphabetical order.",
         key="nodeSelector",
     )
     priority: Annotated[int, Range(-1000, 1000, "int32")] = described(
@@ -352,6 +557,14 @@ class UpdatePolicySpec(Wire):
     )
     during_update: DuringUpdate | None = described(
         "Labels, annotations and taints a node carries while it updates.", key="duringUpdate", default=None
+    )
+    gates: Gates | None = described(
+        "Health gates checked before each node starts: none by default.", default=None
+    )
+    verification: Verification | None = described(
+        "Checks each updated node must pass before the next starts. Default: none (a node is done when "
+        "it runs the new version).",
+        default=None,
     )
 
 
@@ -382,6 +595,10 @@ class Failure(Wire):
     node: str = described("The node.")
     at: Timestamp = described("When it failed (or was found stuck).")
     reason: str = described("What failed.", default="")
+    cycle: Timestamp | None = described(
+        "The start of the node's update cycle it failed in: a cycle counts once however it failed.",
+        default=None,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -391,6 +608,27 @@ class Halt(Wire):
     since: Timestamp = described("When the failure budget was spent.")
     failed_nodes: list[str] = described("The nodes whose failures spent it.", key="failedNodes")
     message: str = described("What happened and how to resume.")
+
+
+class GateKind(StrEnum):
+    """A pre-disruption gate, by its key under `spec.gates`."""
+
+    PROMETHEUS = "prometheus"
+    PODS = "pods"
+    CLUSTER = "cluster"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockedGate(Wire):
+    """A health gate that keeps nodes of the pool from starting."""
+
+    gate: GateKind = described("prometheus, pods or cluster.")
+    message: str = described("Why, e.g. alert KubeNodeNotReady firing.")
+    since: Timestamp = described("Since when the gate has blocked without a break.")
+    nodes: list[str] = described(
+        "The nodes it blocks, for a gate scoped to the node; empty: every node of the pool.",
+        default_factory=list,
+    )
 
 
 class PolicyState(StrEnum):
@@ -429,9 +667,14 @@ class UpdatePolicyStatus(Wire):
         "The failures the budget counts now (newest last).", default_factory=list
     )
     overlapped: int = described(
-        "Nodes this policy selects that belong to another policy (higher priority or earlier name).",
+        "Nodes this policy selects that belong to another policy (higher priority; at equal priority a "
+        "paused one, then the earlier name).",
         default=0,
     )
+    blocked_by: list[BlockedGate] = described(
+        "The health gates that block new starts now.", key="blockedBy", default_factory=list
+    )
+    verifying: int = described("Updated nodes being verified or soaking.", default=0)
     conditions: list[Condition] = described("Kubernetes-style conditions.", default_factory=list)
 
 
@@ -460,5 +703,4 @@ class UpdatePolicy(Wire):
 
     @property
     def annotations(self) -> dict[str, str]:
-        found = self.metadata.get("annotations")
-        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        return annotations_of(self.metadata)

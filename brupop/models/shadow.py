@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from brupop.models.constants import API_VERSION_V2, KIND
 from brupop.models.timestamp import Timestamp
 from brupop.models.version import Version
-from brupop.models.wire import Extra, Range, Wire, described
+from brupop.models.wire import Extra, Range, Wire, annotations_of, described
 
 UINT32_MAX = 2**32 - 1
 
@@ -32,6 +32,8 @@ class ShadowState(StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShadowSpec(Wire):
     """The controller's goal for a node."""
+
+    NULLABLE: ClassVar[bool] = False  # an unset field is absent, not null (kubectl: no `<no value>`)
 
     # The Python default builds the initial spec; the cluster still requires `state` to be written.
     state: ShadowState = described(
@@ -53,6 +55,8 @@ DEFAULT_SPEC = ShadowSpec()
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShadowStatus(Wire):
     """What the agent last reported about its node."""
+
+    NULLABLE: ClassVar[bool] = False  # an unset field is absent, not null (kubectl: no `<no value>`)
 
     current_version: Version = described("The Bottlerocket version the node runs now.")
     target_version: Version = described(
@@ -87,3 +91,7 @@ class BottlerocketShadow(Wire):
     @property
     def name(self) -> str:
         return str(self.metadata.get("name", ""))
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return annotations_of(self.metadata)

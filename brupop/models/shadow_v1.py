@@ -25,6 +25,8 @@ class ShadowStateV1(StrEnum):
 class ShadowSpecV1(Wire):
     """The controller's goal for a node (v1)."""
 
+    NULLABLE: ClassVar[bool] = False  # an unset field is absent, not null (kubectl: no `<no value>`)
+
     state: ShadowStateV1 = described(
         "The state the controller wants.", default=ShadowStateV1.IDLE, schema_required=True
     )
@@ -37,6 +39,8 @@ class ShadowSpecV1(Wire):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShadowStatusV1(Wire):
     """What the agent last reported about its node (v1)."""
+
+    NULLABLE: ClassVar[bool] = False  # an unset field is absent, not null (kubectl: no `<no value>`)
 
     current_version: Version = described("The Bottlerocket version the node runs now.")
     target_version: Version = described("The version the host's update API chose.")

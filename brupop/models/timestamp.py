@@ -11,11 +11,40 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Final
 
 _RFC3339 = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d{1,9}))?"
-    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})"
+    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,  # digits are 0-9 only, as in the CRD's pattern (`\d` would take any script's digits)
 )
+_IN_RANGE: Final = (
+    "timestamp(self) >= timestamp('0001-01-01T00:00:00Z') && "
+    "timestamp(self) <= timestamp('9999-12-31T23:59:59.999999999Z')"
+)
+_MESSAGE: Final = "must be an RFC 3339 time whose instant is in the years 1-9999 (UTC)"
+SCHEMA: Final = {
+    "type": "string",
+    "maxLength": 64,
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$",
+    "x-kubernetes-validations": [{"rule": _IN_RANGE, "message": _MESSAGE}],
+}
+"""The CRD schema of a timestamp field: the API server refuses what `Timestamp.parse` would refuse, so no
+stored object fails the conversion webhook (a failed conversion fails every v1 list and watch, not just
+that object's read)."""
+RATCHETING_VALIDATIONS: Final = [
+    {
+        "rule": f"(oldSelf.hasValue() && oldSelf.value() == self) || ({_IN_RANGE})",
+        "optionalOldSelf": True,
+        "message": _MESSAGE,
+    }
+]
+"""The same check for a field that objects stored before it existed may hold (the shadow's: the Rust
+brupop's CRD checked no timestamp): a value left unchanged passes, since CEL's `||` absorbs the error
+`timestamp()` raises on it. The API server validates the whole object on a status write, and a pattern
+ratchets but a rule's evaluation error does not, so without the first term no status could ever be
+written to such a shadow again. Only where `oldSelf` correlates (not inside a list)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +76,10 @@ class Timestamp:
             local = datetime.fromisoformat(f"{match['date']}T{match['time']}")
         except ValueError as err:
             raise ValueError(f"{text!r} is not a valid date and time: {err}") from None
-        instant = local.replace(microsecond=micros, tzinfo=timezone(offset)).astimezone(UTC)
+        try:
+            instant = local.replace(microsecond=micros, tzinfo=timezone(offset)).astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 is in year 10000 in UTC
+            raise ValueError(f"{text!r} is an instant outside the years 1-9999 (UTC)") from None
         return cls(text=text, instant=instant)
 
     @classmethod
@@ -79,3 +111,15 @@ class Timestamp:
 
     def __str__(self) -> str:
         return self.text
+
+
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+def later(instant: datetime, delta: timedelta) -> datetime:
+    """`instant + delta`, or END_OF_TIME when that is past year 9999: a schema-valid timestamp near the end
+    of time (`9999-12-31T23:59:59Z`) plus a back-off or a deadline must not raise OverflowError."""
+    try:
+        return instant + delta
+    except OverflowError:
+        return END_OF_TIME

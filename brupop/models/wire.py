@@ -14,6 +14,12 @@ derives the cluster's schema from the same fields.
 Reading (`from_wire`, `from_json`) checks everything and raises `WireError` naming the first bad field by its
 dotted path. Constructing a model in code checks nothing beyond what mypy checks: input from outside the
 process always comes through the reader.
+
+JSON from outside comes through `loads`, which refuses what Python's parser would accept but no other JSON
+reader would, or what would break later: `NaN` and `Infinity`, nesting deeper than `MAX_DEPTH` (Python's
+parser fails at an unpredictable depth with a RecursionError), bytes that are not UTF-8. Strings may still
+hold a lone surrogate (`"\\ud800"` is valid JSON syntax but no valid Unicode, and no answer could be
+encoded with it): the string reader refuses one, and `invalid_text` finds one anywhere in a value.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from brupop.models.timestamp import Timestamp
 
 Reader = Callable[[object, str], Any]
 Extra = Literal["forbid", "ignore"]
+MAX_DEPTH = 64
+"""Nesting `loads` accepts: a Kubernetes object as deep as a ConversionReview carries one is about 12."""
 
 
 class WireError(ValueError):
@@ -163,8 +171,8 @@ class Wire:
     EXTRA: ClassVar[Extra] = "forbid"
     RULES: ClassVar[tuple[Rule, ...]] = ()
     NULLABLE: ClassVar[bool] = True
-    """Whether the schema keeps an optional value's null (the shadow's writers send null to clear a value);
-    otherwise the API server prunes nulls, as for a Kubernetes-style spec."""
+    """Whether the schema keeps an optional value's null; otherwise the API server drops a null written to it,
+    as for a Kubernetes-style spec (a merge patch's null deletes the field either way)."""
 
     @classmethod
     def from_wire(cls, data: object, *, at: str = "") -> Self:
@@ -174,7 +182,7 @@ class Wire:
         if cls.EXTRA == "forbid":
             unknown = sorted(set(data) - {f.key for f in model_fields})
             if unknown:
-                raise WireError(_join(at, str(unknown[0])), "unknown field")
+                raise WireError(_join(at, text(unknown[0])), "unknown field")
         values: dict[str, Any] = {}
         for f in model_fields:
             location = _join(at, f.key)
@@ -191,15 +199,96 @@ class Wire:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Self:
-        try:
-            data = json.loads(raw)
-        except ValueError as err:
-            raise WireError("object", f"not JSON ({err})") from None
-        return cls.from_wire(data)
+        return cls.from_wire(loads(raw))
 
     def to_wire(self) -> dict[str, Any]:
         """Every field under its JSON key, absent values as null (which a merge patch reads as delete)."""
         return {f.key: _dump(getattr(self, f.name)) for f in wire_fields(type(self))}
+
+
+def annotations_of(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """A Kubernetes object's annotations, as strings (none when absent or not a map)."""
+    found = metadata.get("annotations")
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else {}
+
+
+def loads(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse JSON from outside the process; `WireError` (at `object`) says why it is not acceptable."""
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise WireError("object", f"nested deeper than {max_depth} levels") from None
+    except ValueError as err:  # also bytes that are not UTF-8
+        raise WireError("object", f"not JSON ({err})") from None
+    if _deeper_than(value, max_depth):
+        raise WireError("object", f"nested deeper than {max_depth} levels")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether lists and objects nest more than `limit` levels (iteratively: no recursion limit)."""
+    level: list[object] = [value]
+    for _ in range(limit + 1):
+        inner: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                inner.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                inner.extend(v for v in item if isinstance(v, dict | list))
+        if not inner:
+            return False
+        level = inner
+    return True
+
+
+def invalid_text(value: object, *, at: str = "") -> WireError | None:
+    """The first string or key in `value` that is not valid Unicode (a lone surrogate), as an error
+    naming where it is; None when every text in it can be written as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+        return None
+    except UnicodeEncodeError:
+        pass
+    pending: list[tuple[str, object]] = [(at, value)]
+    while pending:
+        location, item = pending.pop()
+        if isinstance(item, str) and not _encodable(item):
+            return WireError(location or "object", f"{shown(item)} is not valid Unicode (a lone surrogate)")
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if not _encodable(key):
+                    return WireError(
+                        location or "object", f"the key {shown(key)} is not valid Unicode (a lone surrogate)"
+                    )
+                pending.append((_join(location, key), inner))
+        elif isinstance(item, list):
+            pending.extend((_join(location, str(index)), inner) for index, inner in enumerate(item))
+    return None
+
+
+def _encodable(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(value: object) -> str:
+    """A value as an error message quotes it: its repr (ASCII-safe for any string), cut to 60 characters."""
+    quoted = repr(value)
+    return quoted if len(quoted) <= 60 else f"{quoted[:60]}..."
+
+
+def text(value: str) -> str:
+    """A name as an error message shows it: as it is when it is valid, short Unicode, else `shown`."""
+    return value if len(value) <= 60 and value.isprintable() and _encodable(value) else shown(value)
 
 
 _FIELDS: dict[type[Wire], tuple[WireField, ...]] = {}
@@ -269,6 +358,8 @@ def _typed(kind: type, expected: str) -> Reader:
         # bool is an int in Python, but not in JSON.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise WireError(at, f"expected {expected}, got {_kind(value)}")
+        if isinstance(value, str) and not _encodable(value):
+            raise WireError(at, f"{shown(value)} is not valid Unicode (a lone surrogate)")
         return value
 
     return read

@@ -10,7 +10,9 @@ Per pool, in this order, the first that applies:
 5. the node is backing off after a failed update (`BackingOff`),
 6. a blackout covers now (`BlackedOut`),
 7. the schedule's window is closed (`WindowClosed`),
-8. the pool already has as many nodes in a cycle as its limit allows (`NoFreeSlot`).
+8. a health gate blocks it (`GateBlocked`: the first of its gates that blocks, from
+   `brupop.policy.gates`),
+9. the pool already has as many nodes in a cycle as its limit allows (`NoFreeSlot`).
 
 Slots are counted per pool: every node in a cycle counts against its pool, ErrorReset included and a node
 whose shadow cannot be read included (unknown means busy). A node in a cycle whose Node object is not known
@@ -28,7 +30,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from brupop.models.policy import Halt
+from brupop.models.policy import GateKind, Halt
 from brupop.policy.blackout import clear_from, covering, next_opening
 from brupop.policy.pools import Assignment, Pool
 
@@ -41,6 +43,7 @@ class Code(StrEnum):
     BACKING_OFF = "BackingOff"
     BLACKED_OUT = "BlackedOut"
     WINDOW_CLOSED = "WindowClosed"
+    GATE_BLOCKED = "GateBlocked"
     NO_FREE_SLOT = "NoFreeSlot"
     NODE_NOT_SEEN = "NodeNotSeen"
 
@@ -121,6 +124,19 @@ class WindowClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class GateBlocked:
+    code: ClassVar[Code] = Code.GATE_BLOCKED
+    gate: GateKind
+    reason: str
+    """What the gate found, e.g. alert KubeNodeNotReady firing."""
+    since: datetime
+    """Since when this gate has blocked the node without a break."""
+
+    def message(self) -> str:
+        return f"blocked by the {self.gate} gate since {self.since.isoformat()}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
 class NoFreeSlot:
     code: ClassVar[Code] = Code.NO_FREE_SLOT
     in_cycle: int
@@ -139,7 +155,16 @@ class NodeNotSeen:
 
 
 Reason = (
-    InvalidPolicy | Paused | Halted | Held | BackingOff | BlackedOut | WindowClosed | NoFreeSlot | NodeNotSeen
+    InvalidPolicy
+    | Paused
+    | Halted
+    | Held
+    | BackingOff
+    | BlackedOut
+    | WindowClosed
+    | GateBlocked
+    | NoFreeSlot
+    | NodeNotSeen
 )
 PoolGate = InvalidPolicy | Paused | Halted | BlackedOut | WindowClosed
 
@@ -216,10 +241,13 @@ def admit(
     halts: Mapping[str, Halt],
     drained_at: Mapping[str, datetime],
     now: datetime,
+    gated: Mapping[str, GateBlocked] | None = None,
 ) -> Admission:
     """Decide who starts. `in_cycle` names every node in an update cycle (ErrorReset and unreadable
     shadows included); `halts` the pools whose failure budget is spent; `drained_at` per pool when a
-    one-shot schedule's window last found nothing to start (missing: now, so no past trigger replays)."""
+    one-shot schedule's window last found nothing to start (missing: now, so no past trigger replays);
+    `gated` the candidates a health gate blocks (`brupop.policy.gates.first_blocks`; none: no gates)."""
+    gated = gated or {}
     pools = assignment.pools
     busy: Counter[str] = Counter()
     for node in in_cycle:
@@ -239,7 +267,14 @@ def admit(
         if pool_name is None:
             waiting[candidate.name] = NodeNotSeen()
             continue
-        reason = _candidate_reason(candidate, gates[pool_name][0], busy[pool_name], limits[pool_name], now)
+        reason = _candidate_reason(
+            candidate,
+            gates[pool_name][0],
+            gated.get(candidate.name),
+            busy=busy[pool_name],
+            limit=limits[pool_name],
+            now=now,
+        )
         if reason is not None:
             waiting[candidate.name] = reason
             continue
@@ -270,7 +305,13 @@ def admit(
 
 
 def _candidate_reason(
-    candidate: Candidate, gate: PoolGate | None, busy: int, limit: int | None, now: datetime
+    candidate: Candidate,
+    gate: PoolGate | None,
+    health: GateBlocked | None,
+    *,
+    busy: int,
+    limit: int | None,
+    now: datetime,
 ) -> Reason | None:
     if isinstance(gate, InvalidPolicy | Paused | Halted):
         return gate
@@ -280,6 +321,8 @@ def _candidate_reason(
         return BackingOff(until=candidate.retry_at)
     if gate is not None:
         return gate
+    if health is not None:
+        return health
     if limit is not None and busy >= limit:
         return NoFreeSlot(in_cycle=busy, limit=limit)
     return None

@@ -4,8 +4,11 @@ finish theirs.
 
 The state lives in the policy's status (the failures counted, the halt), so a controller restart
 forgets nothing; each pass folds the failures it observes into it (`account`). A failure is one node
-update that ended in ErrorReset (the shadow's failure time) or that got stuck (`brupop.policy.stuck`),
-identified by node and time, so seeing it again changes nothing.
+update that ended in ErrorReset (the shadow's failure time), failed its verification, or got stuck
+(`brupop.policy.stuck`). A node's update counts at most once per cycle: failures of the same node are one
+when they share their time or their cycle (the cycle's start, `brupop.policy.progress.attributed`), and the
+first one seen is kept (its time and reason), so a node stuck and then reset, stuck in two steps, or stuck
+again under an edited `stuckAfter` is one failure, and seeing a failure again changes nothing.
 
 Clearing: the annotation `brupop.bottlerocket.aws/resumed-at` on the policy holds an RFC 3339 time. A halt
 that began at or before it is cleared, and the failures up to it no longer count, so one
@@ -28,7 +31,7 @@ from brupop.models.timestamp import Timestamp
 from brupop.policy.limits import Count, Percent
 
 CLOCK_SKEW: Final = timedelta(minutes=5)
-"""How far in the future a resumed-at time may be (clocks differ) and still count."""
+"""How far in the future a resumed-at time or a failure may be (clocks differ) and still count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,25 @@ class BudgetState:
     failures: tuple[Failure, ...] = ()
     """The failures that count now, oldest first."""
     halt: Halt | None = None
+    future: tuple[Failure, ...] = ()
+    """Failures dated after now + CLOCK_SKEW (a node's clock gone wrong): reported, never counted (a failure
+    near the end of time would otherwise count, and keep the pool halted, for ever)."""
+
+    stale_resume: datetime | None = None
+    """A resumed-at time older than the halt, which clears nothing (an operator may think it did)."""
+
+    def notices(self) -> tuple[str, ...]:
+        future = tuple(
+            f"{f.node}'s failure is dated {f.at.text}, in the future (is its clock wrong?); not counted"
+            for f in self.future
+        )
+        if self.stale_resume is None or self.halt is None:
+            return future
+        stale = (
+            f"resumed-at {self.stale_resume.isoformat()} is older than the halt "
+            f"(since {self.halt.since.text}) and clears nothing: set it again to resume"
+        )
+        return (stale, *future)
 
 
 def resume_command(policy: str) -> str:
@@ -85,6 +107,14 @@ def failure_of(shadow: BottlerocketShadow, *, node: str) -> Failure | None:
     )
 
 
+def _identities(failure: Failure) -> set[tuple[str, str, datetime]]:
+    """What makes two failures one: the same node and time, or the same node and cycle."""
+    keys = {("at", failure.node, failure.at.instant)}
+    if failure.cycle is not None:
+        keys.add(("cycle", failure.node, failure.cycle.instant))
+    return keys
+
+
 def account(
     budget: Budget | None,
     *,
@@ -101,12 +131,18 @@ def account(
     halt = previous.halt
     if halt is not None and resumed is not None and resumed >= halt.since.instant:
         halt = None
-    known = {(f.node, f.at.instant): f for f in previous.failures}
-    for failure in observed:
-        known.setdefault((failure.node, failure.at.instant), failure)
+    seen: set[tuple[str, str, datetime]] = set()
+    found: list[Failure] = []
+    for failure in (*previous.failures, *observed):
+        keys = _identities(failure)
+        if not keys & seen:
+            found.append(failure)
+        seen |= keys
     oldest = now - budget.window
+    latest = now + CLOCK_SKEW
+    future = tuple(sorted((f for f in found if f.at.instant > latest), key=lambda f: f.node))
     counted = sorted(
-        (f for f in known.values() if f.at.instant > oldest and (resumed is None or f.at.instant > resumed)),
+        (f for f in found if oldest < f.at.instant <= latest and (resumed is None or f.at.instant > resumed)),
         key=lambda f: (f.at.instant, f.node),
     )
     threshold = budget.threshold(pool_size)
@@ -121,4 +157,5 @@ def account(
             message=f"{spent} spent the failure budget; nothing new starts until an operator resumes the "
             f"pool: {resume_command(pool)}",
         )
-    return BudgetState(failures=tuple(counted), halt=halt)
+    stale = resumed if halt is not None and resumed is not None and resumed < halt.since.instant else None
+    return BudgetState(failures=tuple(counted), halt=halt, future=future, stale_resume=stale)

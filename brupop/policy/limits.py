@@ -75,3 +75,12 @@ def from_env(max_concurrent: int | None) -> Limit:
 def describe(limit: int | None) -> str:
     """A resolved limit as the status shows it."""
     return UNLIMITED if limit is None else str(limit)
+
+
+def tolerance(value: int | str, total: int) -> int:
+    """A tolerance written as a count or a percentage of `total`, rounded down (unlike a limit): "at most
+    10% unhealthy" of 5 nodes tolerates none, so one unhealthy node (20%) is more than 10%."""
+    limit = parse_limit(value)
+    if isinstance(limit, Unlimited):
+        raise ValueError(f"{value!r}: a tolerance is a count or a percentage")
+    return limit.value if isinstance(limit, Count) else limit.value * total // 100

@@ -3,9 +3,12 @@ cycle (e.g. `karpenter.sh/do-not-disrupt: "true"`, so an autoscaler leaves it al
 
 brupop never touches a mark an administrator set. It adds only marks the node does not carry yet, and
 records what it added (key and value) in the node's `brupop.bottlerocket.aws/during-update` annotation, in
-the same write. When the cycle ends, or the policy stops asking for a mark, it removes only what the
-record names and only while the node still carries the recorded value; a mark someone changed or removed
-meanwhile is theirs from then on. A record that cannot be read is treated as empty: a mark may then be left
+the same write. When the cycle ends it removes only what the record names and only while the node still
+carries the recorded value; a mark someone changed or removed meanwhile is theirs from then on. A mark
+the node's policy stops asking for mid-cycle (the policy was edited, or the node moved to another pool,
+e.g. one a stop-everything policy of higher priority makes) stays until the cycle ends: a rebooting node
+is exactly what `karpenter.sh/do-not-disrupt` protects. A new value asked for mid-cycle replaces
+brupop's own. A record that cannot be read is treated as empty: a mark may then be left
 behind, but nobody else's is ever removed.
 
 `change` is the whole decision: given what the policy wants, whether the node is in its cycle and the
@@ -52,9 +55,10 @@ def read_record(annotations: Mapping[str, str]) -> DuringUpdate:
 
 
 def _plan_map(
-    wanted: Mapping[str, str], current: Mapping[str, str], recorded: Mapping[str, str]
+    wanted: Mapping[str, str], current: Mapping[str, str], recorded: Mapping[str, str], *, keep: bool
 ) -> tuple[dict[str, str | None], dict[str, str]]:
-    """The patch for one map of marks, and what brupop owns after it."""
+    """The patch for one map of marks, and what brupop owns after it (`keep`: in a cycle, brupop's marks no
+    longer wanted stay until it ends)."""
     patch: dict[str, str | None] = {}
     owned: dict[str, str] = {}
     for key, value in wanted.items():
@@ -69,7 +73,10 @@ def _plan_map(
             owned[key] = value
     for key, value in recorded.items():
         if key not in wanted and current.get(key) == value:
-            patch[key] = None
+            if keep:
+                owned[key] = value
+            else:
+                patch[key] = None
     return patch, owned
 
 
@@ -82,7 +89,7 @@ def _node_taint(taint: Taint) -> dict[str, Any]:
 
 
 def _plan_taints(
-    wanted: Sequence[Taint], current: Sequence[Mapping[str, Any]], recorded: Sequence[Taint]
+    wanted: Sequence[Taint], current: Sequence[Mapping[str, Any]], recorded: Sequence[Taint], *, keep: bool
 ) -> tuple[list[dict[str, Any]] | None, list[Taint]]:
     """The node's new taint list (None: unchanged), and the taints brupop owns after it."""
     by_id = {(t.get("key"), t.get("effect")): i for i, t in enumerate(current)}
@@ -106,7 +113,10 @@ def _plan_taints(
     for ident, taint in was.items():
         index = by_id.get(ident)
         if ident not in wanted_ids and index is not None and _value(current[index]) == (taint.value or None):
-            new[index], changed = None, True
+            if keep:
+                owned.append(taint)
+            else:
+                new[index], changed = None, True
     return ([t for t in new if t is not None] if changed else None), owned
 
 
@@ -121,9 +131,11 @@ def change(
     """What to write so the node carries exactly brupop's marks for its state (none outside a cycle)."""
     want = wanted if in_cycle and wanted is not None else NOTHING
     recorded = read_record(annotations)
-    label_patch, owned_labels = _plan_map(want.labels, labels, recorded.labels)
-    annotation_patch, owned_annotations = _plan_map(want.annotations, annotations, recorded.annotations)
-    new_taints, owned_taints = _plan_taints(want.taints, taints, recorded.taints)
+    label_patch, owned_labels = _plan_map(want.labels, labels, recorded.labels, keep=in_cycle)
+    annotation_patch, owned_annotations = _plan_map(
+        want.annotations, annotations, recorded.annotations, keep=in_cycle
+    )
+    new_taints, owned_taints = _plan_taints(want.taints, taints, recorded.taints, keep=in_cycle)
     owned = DuringUpdate(labels=owned_labels, annotations=owned_annotations, taints=owned_taints)
     record = None if owned == NOTHING else json.dumps(owned.to_wire(), sort_keys=True, separators=(",", ":"))
     if annotations.get(DURING_UPDATE_ANNOTATION) != record:

@@ -1,6 +1,6 @@
 """A policy's status, computed from the pass: how many of its nodes are selected, up to date, updating,
 failed or held; whether its window is open or when it next opens; whether it is halted or paused and why;
-and Kubernetes-style conditions.
+which health gates block its nodes and how many it verifies; and Kubernetes-style conditions.
 
 Conditions follow `meta.SetStatusCondition`: `lastTransitionTime` changes only when a condition's status
 changes (a new reason or message alone keeps it), and each carries the generation it was computed from.
@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Final
 
 from brupop.models.policy import (
+    BlockedGate,
     Condition,
     ConditionStatus,
     PolicyState,
@@ -24,7 +25,7 @@ from brupop.models.policy import (
 )
 from brupop.models.shadow import BottlerocketShadow, ShadowState
 from brupop.models.timestamp import Timestamp
-from brupop.policy.admission import PoolPass
+from brupop.policy.admission import GateBlocked, PoolPass
 from brupop.policy.budget import BudgetState
 from brupop.policy.limits import describe
 from brupop.policy.pools import Overlap, Pool
@@ -33,6 +34,10 @@ from brupop.policy.stuck import Stuck
 
 SHOWN: Final = 5
 """How many node names a condition message lists before it says "and N more"."""
+
+
+BLOCKED_NODES: Final = 20
+"""How many node names a blocking gate lists in the status, at most."""
 
 
 class Member(StrEnum):
@@ -125,7 +130,7 @@ def _conditions(
             if pool.paused
             else Wanted("Paused", false, "NotPaused", "")
         )
-    notes = "; ".join(pool.notices)
+    notes = "; ".join((*pool.notices, *budget.notices()))
     if budget.halt is not None:
         halted = Wanted("Halted", true, "FailureBudgetSpent", _joined(budget.halt.message, notes))
     elif pool.budget is not None:
@@ -185,9 +190,12 @@ def policy_status(
     stuck: Sequence[Stuck],
     previous: UpdatePolicyStatus | None,
     now: datetime,
+    blocked: Sequence[BlockedGate] = (),
+    verifying: int = 0,
 ) -> UpdatePolicyStatus:
     """The status to write. `members` maps each node of the pool to where it stands, `held` names the
-    pool's held nodes."""
+    pool's held nodes, `blocked` the gates blocking its nodes (`blocked_gates`), `verifying` how many of its
+    updated nodes are being verified or soak."""
     counts = {state: 0 for state in Member}
     for state in members.values():
         counts[state] += 1
@@ -208,6 +216,8 @@ def policy_status(
         halted=budget.halt,
         failures=list(budget.failures),
         overlapped=len(overlaps),
+        blocked_by=list(blocked),
+        verifying=verifying,
         conditions=set_conditions(
             previous.conditions if previous is not None else [],
             _conditions(pool, size=len(members), budget=budget, overlaps=overlaps, stuck=stuck),
@@ -215,3 +225,20 @@ def policy_status(
             now=now,
         ),
     )
+
+
+def blocked_gates(gated: Mapping[str, GateBlocked], members: Iterable[str]) -> list[BlockedGate]:
+    """Each gate blocking nodes among `members` (node -> its first blocking gate): the first node's reason,
+    since its earliest block, and the nodes it blocks (at most `BLOCKED_NODES`), in the gates' order."""
+    found: dict[str, list[tuple[str, GateBlocked]]] = {}
+    for node in sorted(set(members) & gated.keys()):
+        found.setdefault(str(gated[node].gate), []).append((node, gated[node]))
+    return [
+        BlockedGate(
+            gate=blocks[0][1].gate,
+            message=blocks[0][1].reason,
+            since=Timestamp.from_datetime(min(b.since for _, b in blocks)),
+            nodes=[node for node, _ in blocks][:BLOCKED_NODES],
+        )
+        for _, blocks in sorted(found.items())
+    ]

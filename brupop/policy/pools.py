@@ -2,18 +2,22 @@
 in what it leaves out.
 
 Every opted-in node is in exactly one pool. A node that several policies select belongs to the one with the
-highest `priority`, then the first name in alphabetical order; the others record the overlap (their
-status shows it). A node no policy selects is in the default pool, `ENV_POOL`, whose rules are the
-controller's environment variables (MAX_CONCURRENT_UPDATE, SCHEDULER_CRON_EXPRESSION, ...): with no
-policy in the cluster, every node is there and brupop behaves exactly as it did before policies existed.
-A field a policy leaves out takes the environment's value too (`maxConcurrent`, `schedule.cron`,
-`schedule.timeZone`, `stuckAfter`).
+highest `priority`, then a paused one (so a "stop everything" policy wins a tie), then the first name in
+alphabetical order; the others record the overlap (their status shows it). A node no policy selects is in the
+default pool, `ENV_POOL`, whose rules are the controller's environment variables (MAX_CONCURRENT_UPDATE,
+SCHEDULER_CRON_EXPRESSION, ...): with no policy in the cluster, every node is there and brupop behaves exactly
+as it did before policies existed. A field a policy leaves out takes the environment's value too
+(`maxConcurrent`, `schedule.cron`, `schedule.timeZone`, `stuckAfter`).
 
 A policy the API server accepted can still be unusable: a time zone this controller does not know, a cron
 expression that does not parse or never fires again. Its pool keeps its nodes (an operator who wrote a
 policy for them did not mean them to follow the environment instead) but starts nothing, and the problems
 are reported in its status. A policy object the reader cannot read at all (only possible when the CRD's
-validation was bypassed) is treated the same way, keeping the nodes its selector still selects.
+validation was bypassed, or a policy stored before a check was added) is treated the same way, keeping the
+nodes its selector still selects; so is one whose reading or resolving fails in any other way (`pool_of`).
+
+A node in a cycle stays in the pool it started in until the cycle ends (`kept`), whatever happens to its
+labels or the policies meanwhile; the cycle record on its shadow names that pool.
 
 Build pools when policies change, not on every pass: whether a cron expression is a window or a trigger is
 decided when its schedule is built (`brupop.policy.schedule`), as it is once for the environment's.
@@ -22,12 +26,20 @@ decided when its schedule is built (`brupop.policy.schedule`), as it is once for
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from brupop.models.policy import DuringUpdate, LabelSelector, PolicySchedule, UpdatePolicy, duration
+from brupop.models.policy import (
+    DuringUpdate,
+    Gates,
+    LabelSelector,
+    PolicySchedule,
+    UpdatePolicy,
+    Verification,
+    duration,
+)
 from brupop.models.wire import WireError
 from brupop.policy.blackout import Period, periods
 from brupop.policy.budget import Budget, resumed_at
@@ -73,6 +85,10 @@ class Pool:
     notices: tuple[str, ...] = ()
     """What is wrong without stopping the pool (e.g. an unusable resumed-at annotation)."""
     resumed_at: datetime | None = None
+    gates: Gates | None = None
+    """The health gates checked before a node starts and before it is cordoned (None: none)."""
+    verification: Verification | None = None
+    """What an updated node must show before its slot frees (None: nothing, as before policies)."""
 
     @property
     def usable(self) -> bool:
@@ -102,18 +118,32 @@ def read_policy(obj: Mapping[str, Any]) -> UpdatePolicy | Unreadable:
     try:
         return UpdatePolicy.from_wire(obj)
     except WireError as err:
-        metadata = obj.get("metadata")
-        name = str(metadata.get("name", "")) if isinstance(metadata, Mapping) else ""
-        spec = obj.get("spec")
-        spec = spec if isinstance(spec, Mapping) else {}
-        try:
-            selector: LabelSelector | None = LabelSelector.from_wire(spec.get("nodeSelector"))
-        except WireError:
-            selector = None
-        priority = spec.get("priority")
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            priority = 0
-        return Unreadable(name=name, error=str(err), selector=selector, priority=priority)
+        return _unreadable(obj, str(err))
+
+
+def _unreadable(obj: Mapping[str, Any], error: str) -> Unreadable:
+    metadata = obj.get("metadata")
+    name = str(metadata.get("name", "")) if isinstance(metadata, Mapping) else ""
+    spec = obj.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    try:
+        selector: LabelSelector | None = LabelSelector.from_wire(spec.get("nodeSelector"))
+    except WireError:
+        selector = None
+    priority = spec.get("priority")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        priority = 0
+    return Unreadable(name=name, error=error, selector=selector, priority=priority)
+
+
+def pool_of(obj: Mapping[str, Any], defaults: Defaults, *, now: datetime) -> Pool:
+    """The pool a policy object (as the cluster sends it) describes. Whatever goes wrong reading or resolving
+    it (a reader or resolver defect, e.g. a date the checks let through that overflows) makes this one
+    policy Invalid, its nodes starting nothing and its status saying why: never the whole pass."""
+    try:
+        return resolve(read_policy(obj), defaults, now=now)
+    except Exception as err:  # one policy must never stop every pool
+        return resolve(_unreadable(obj, f"{type(err).__name__}: {err}"), defaults, now=now)
 
 
 def _zone(name: str | None, defaults: Defaults) -> ZoneInfo | str:
@@ -192,6 +222,8 @@ def resolve(policy: UpdatePolicy | Unreadable, defaults: Defaults, *, now: datet
         problems=tuple(problems),
         notices=() if notice is None else (notice,),
         resumed_at=resumed,
+        gates=spec.gates,
+        verification=spec.verification,
     )
 
 
@@ -225,7 +257,7 @@ class Assignment:
 
 def assign(policy_pools: Sequence[Pool], default: Pool, nodes: Iterable[Labelled]) -> Assignment:
     """Put each node in its pool. `nodes` are the nodes brupop tracks (opted in, or still in a cycle)."""
-    ranked = sorted(policy_pools, key=lambda p: (-p.priority, p.name))
+    ranked = sorted(policy_pools, key=lambda p: (-p.priority, not p.paused, p.name))
     pool_of: dict[str, str] = {}
     members: dict[str, list[str]] = {p.name: [] for p in [*ranked, default]}
     overlaps: dict[str, list[Overlap]] = {p.name: [] for p in ranked}
@@ -248,5 +280,29 @@ def pools_for(
     policies: Iterable[Mapping[str, Any]], nodes: Iterable[Labelled], defaults: Defaults, *, now: datetime
 ) -> Assignment:
     """Policies (as the cluster sends them) + nodes + the environment -> pools and who is in which."""
-    resolved = [resolve(read_policy(obj), defaults, now=now) for obj in policies]
+    resolved = [pool_of(obj, defaults, now=now) for obj in policies]
     return assign(resolved, default_pool(defaults), nodes)
+
+
+def kept(assignment: Assignment, started_in: Mapping[str, str]) -> Assignment:
+    """`assignment` with each node in a cycle back in the pool it started in (`started_in`: node -> pool),
+    while that pool exists: a node relabelled, or a policy edited, mid-cycle keeps its slot (and its
+    pool's rules) where it took it, so the pool it moves to never goes over its limit for it. A node whose
+    pool is gone (the policy deleted) is counted in the pool it is in now, as if that pool's limit had
+    been lowered: over it, nothing new starts there until enough nodes finish."""
+    moved = {
+        node: pool
+        for node, pool in started_in.items()
+        if pool in assignment.pools and assignment.pool_of.get(node) not in (None, pool)
+    }
+    if not moved:
+        return assignment
+    pool_of = {**assignment.pool_of, **moved}
+    members: dict[str, list[str]] = {name: [] for name in assignment.pools}
+    for node, pool in pool_of.items():
+        members[pool].append(node)
+    return replace(
+        assignment,
+        pool_of=pool_of,
+        members={name: tuple(sorted(nodes)) for name, nodes in members.items()},
+    )

@@ -7,9 +7,10 @@ otherwise a trigger. So `* * 2-4 * * Mon-Fri *` is a window (02:00:00-04:59:59 o
 
 - Window: new updates may start while the current wall-clock second matches.
 - Trigger: at each fire time the window opens, and stays open until the controller finds no node that
-  wants to start ("drained"); then it waits for the next fire time. The caller keeps `drained_at` (it
-  starts as the controller's start time, so triggers before a restart are not replayed, like the Rust
-  brupop, which sleeps until the next fire time after a restart).
+  wants to start ("drained"); then it waits for the next fire time. The caller keeps `drained_at` (the
+  controller keeps it on its leader Lease, so a new leader neither replays a drained trigger nor drops an
+  open one; the first leader ever counts from its start, like the Rust brupop, which sleeps until the next
+  fire time after a restart).
 
 Nodes already updating always finish; that is the caller's business.
 
@@ -31,7 +32,7 @@ from enum import StrEnum
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from brupop.policy.cron import CronError, CronExpression
+from brupop.policy.cron import MAX_YEAR, MIN_YEAR, CronError, CronExpression
 
 ALWAYS: Final = "* * * * * * *"
 _LEGACY_TIME = re.compile(r"^(2[0-3]|[01]?[0-9]):([0-5]?[0-9]):([0-5]?[0-9])$")
@@ -122,7 +123,11 @@ def schedule_from_settings(
     timezone: str | None,
     now: datetime,
 ) -> tuple[Schedule, list[str]]:
-    """The schedule the environment asks for, and warnings worth logging once at start-up."""
+    """The schedule the environment asks for, and warnings worth logging once at start-up.
+
+    An expression that cannot fire in this year or any later one is refused. One that only fired earlier
+    this year (a one-shot trigger) is accepted with a warning: a controller restarted in the middle of that
+    trigger's rollout must still finish it (the trigger's state lives on the leader Lease)."""
     warnings: list[str] = []
     try:
         zone = ZoneInfo((timezone or "UTC").strip())
@@ -151,4 +156,19 @@ def schedule_from_settings(
         expression = CronExpression.parse(text or ALWAYS)
     except CronError as err:
         raise ScheduleError(f"{variable}={text!r}: {err}") from None
-    return Schedule.create(expression, zone, now=now), warnings
+    schedule = Schedule.create(expression, zone, now=now)
+    cron_began = datetime(MIN_YEAR, 1, 1, tzinfo=zone).astimezone(UTC)
+    if schedule.next_fire_after(cron_began - timedelta(seconds=1)) is None:
+        raise ScheduleError(
+            f"{variable}={text!r}: never fires (a day that no month has, such as 30 February; years go "
+            f"from {MIN_YEAR} to {MAX_YEAR})"
+        )
+    if schedule.next_fire_after(now) is None:
+        # Not refused: a controller restarted after the last fire (its trigger's rollout open across New
+        # Year, or simply later) must still finish nodes in their cycle and reset failed ones; exiting
+        # would crash-loop it. It says so at every start instead.
+        warnings.append(
+            f"{variable}={text!r} fires no more after {now.isoformat(timespec='seconds')}: no update starts "
+            "unless a one-shot trigger that already fired has not drained yet; nodes in a cycle finish"
+        )
+    return schedule, warnings

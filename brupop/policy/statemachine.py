@@ -3,7 +3,12 @@
 The agent walks Idle -> StagedAndPerformedUpdate -> RebootedIntoUpdate -> MonitoringUpdate -> Idle; the
 controller advances the spec one step each time the agent reports it reached the current one, and sends
 a node that reported ErrorReset back to Idle. Whether an idle node may *start* is the caller's decision
-(`may_start`: concurrency and schedule); the crash back-off is applied here.
+(`may_start`: its pool's limit, schedule, pause, budget, holds, gates); the crash back-off is applied here
+too, unless someone waived it (`kubectl brupop retry`).
+
+A node that leaves brupop (its opt-in label removed) mid-cycle is finished, not abandoned, once anything
+may have disrupted it (cordon, drain, reboot: RebootedIntoUpdate on); before that (only staged and
+activated on the host) it is sent back to Idle, where the agent deactivates the update.
 """
 
 from __future__ import annotations
@@ -31,19 +36,18 @@ def is_active(shadow: BottlerocketShadow) -> bool:
     )
 
 
-def wants_to_start(shadow: BottlerocketShadow, *, now: datetime) -> bool:
-    """Idle, settled, an update on offer and its back-off over: it would start if allowed."""
+def wants_update(shadow: BottlerocketShadow) -> bool:
+    """Idle, settled and an update on offer: it would start if allowed (its back-off aside, which is
+    admission's to weigh: `brupop.policy.admission`)."""
     status = shadow.status
-    return (
-        status is not None
-        and not is_active(shadow)
-        and status.update_available()
-        and may_retry(status, now=now)
-    )
+    return status is not None and not is_active(shadow) and status.update_available()
 
 
-def next_spec(shadow: BottlerocketShadow, *, now: datetime, may_start: bool) -> ShadowSpec:
-    """The spec the controller should write now (equal to the current spec when nothing changes)."""
+def next_spec(
+    shadow: BottlerocketShadow, *, now: datetime, may_start: bool, backoff_waived: bool = False
+) -> ShadowSpec:
+    """The spec the controller should write now (equal to the current spec when nothing changes).
+    `backoff_waived`: someone asked to skip the back-off of the node's last failure (`backoff.waived`)."""
     spec, status = shadow.spec, shadow.status
     if status is None:
         return DEFAULT_SPEC
@@ -58,7 +62,7 @@ def next_spec(shadow: BottlerocketShadow, *, now: datetime, may_start: bool) -> 
     if spec.state is ShadowState.IDLE:
         if not status.update_available():
             return DEFAULT_SPEC
-        if may_start and may_retry(status, now=now):
+        if may_start and (backoff_waived or may_retry(status, now=now)):
             return ShadowSpec(
                 state=ShadowState.STAGED_AND_PERFORMED_UPDATE,
                 state_transition_timestamp=Timestamp.from_datetime(now),
@@ -70,3 +74,16 @@ def next_spec(shadow: BottlerocketShadow, *, now: datetime, may_start: bool) -> 
         state_transition_timestamp=Timestamp.from_datetime(now),
         version=spec.version,
     )
+
+
+def next_spec_leaving(shadow: BottlerocketShadow, *, now: datetime) -> ShadowSpec:
+    """`next_spec` for a node that left brupop mid-cycle: undo a cycle that has not disrupted the node yet,
+    finish one that may have (see the module docstring)."""
+    spec = shadow.spec
+    if spec.state is ShadowState.STAGED_AND_PERFORMED_UPDATE:
+        return ShadowSpec(
+            state=ShadowState.IDLE,
+            state_transition_timestamp=Timestamp.from_datetime(now),
+            version=spec.version,
+        )
+    return next_spec(shadow, now=now, may_start=False)

@@ -1,4 +1,6 @@
-"""The local control plane, once per test session (built or taken from the cache first)."""
+"""The local control plane, once per test session (built or taken from the cache first); a real Prometheus
+scraping a test exporter whose alerts a test fires and clears (`BrupopTestCritical`, `BrupopTestWarning`
+with severity warning)."""
 
 from collections.abc import AsyncIterator, Iterator
 
@@ -8,6 +10,9 @@ from brupop.kube.client import KubeClient
 from integ.build import build
 from integ.cluster import ClusterState, LocalCluster, down
 from integ.kubetools import admin
+from integ.prometheus import PrometheusServer, ScrapeTarget, TestAlert, TestExporter, start_prometheus
+
+ALERTS = (TestAlert("BrupopTestCritical"), TestAlert("BrupopTestWarning", severity="warning"))
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +28,18 @@ def cluster() -> Iterator[ClusterState]:
 async def kube(cluster: ClusterState) -> AsyncIterator[KubeClient]:
     async with admin(cluster) as client:
         yield client
+
+
+@pytest.fixture
+def exporter() -> Iterator[TestExporter]:
+    found = TestExporter()
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+@pytest.fixture
+def prometheus(exporter: TestExporter) -> Iterator[PrometheusServer]:
+    with start_prometheus(targets=[ScrapeTarget("brupop-test", exporter.address)], alerts=ALERTS) as server:
+        yield server

@@ -6,6 +6,7 @@ controller (writing `spec`)."""
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,10 +14,11 @@ import pytest
 
 from brupop.agent.settings import AgentSettings
 from brupop.deploy import AGENT_SA
-from brupop.kube.client import NODES, PODS, SHADOWS, ApiError, KubeClient
+from brupop.kube.client import CORE_EVENTS, NODES, PODS, SHADOWS, ApiError, KubeClient
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE, shadow_name
 from brupop.models.shadow import BottlerocketShadow, ShadowState
 from integ.agent_process import AgentProcess, agent_process
+from integ.build import build
 from integ.cluster import ClusterState
 from integ.fleet import prepare
 from integ.helm import chart_objects
@@ -28,6 +30,7 @@ from integ.podenv import container_env
 from integ.unprivileged import remove, shared_directory
 
 S = ShadowState
+Obj = dict[str, Any]
 OLD, NEW = "1.0.0", "1.1.0"
 FAST = {"UPDATE_CHECK_INTERVAL_SECONDS": "1"}
 MISCONFIGURED = "cannot use the host API: fix the agent's configuration"
@@ -154,6 +157,86 @@ async def test_one_agent_walks_the_whole_update_surviving_sigkills(
     assert (shadow.status.crash_count, shadow.status.target_version) == (0, NEW)
 
 
+async def described_events(cluster: ClusterState, *what: str) -> list[tuple[str, str, str]]:
+    """The Events brupop recorded as `kubectl describe` shows them, oldest first: type, reason, message."""
+    kubectl = await asyncio.create_subprocess_exec(
+        str(build() / "kubectl"),
+        "--kubeconfig",
+        cluster.kubeconfig,
+        "describe",
+        *what,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await kubectl.communicate()
+    assert kubectl.returncode == 0, what
+    table = out.decode().partition("\nEvents:\n")[2]
+    rows = [re.split(r"\s{2,}", line.strip(), maxsplit=4) for line in table.splitlines()[2:]]
+    return [(row[0], row[1], row[4]) for row in rows if len(row) == 5 and row[3].startswith("brupop")]
+
+
+async def recorded_events(kube: KubeClient, namespace: str, name: str) -> list[Obj]:
+    """brupop's Events about the object `name` in `namespace`, by their `eventTime`."""
+    items, _ = await kube.list(CORE_EVENTS, namespace=namespace, field_selector=f"involvedObject.name={name}")
+    ours = [e for e in items if str(e.get("reportingComponent", "")).startswith("brupop")]
+    return sorted(ours, key=lambda e: str(e["eventTime"]))
+
+
+STORY = [
+    (
+        "Normal",
+        "UpdateStaged",
+        f"Bottlerocket {NEW} is staged and activated: the node boots it at its next reboot",
+    ),
+    ("Normal", "Cordoned", "brupop cordoned the node to update it"),
+    ("Normal", "Drained", "brupop evicted 0 pod(s) from the node"),
+    ("Normal", "Rebooting", f"brupop reboots the node into Bottlerocket {NEW}"),
+    ("Normal", "Rebooted", f"the node is back, running Bottlerocket {NEW}"),
+    ("Normal", "Uncordoned", "brupop made the node schedulable again after its update"),
+    ("Normal", "UpdateSucceeded", f"the node's update to Bottlerocket {NEW} is complete"),
+]
+
+
+@pytest.mark.integration
+async def test_kubectl_describe_node_and_brs_tell_the_story_of_one_update(
+    cluster: ClusterState, kube: KubeClient
+) -> None:
+    """Issue 18: the agent (with the DaemonSet's RBAC) and the apiserver record each step as an Event on the
+    Node and on its shadow."""
+    await installed(kube, "ag-story")
+    async with (
+        brupop_apiserver(cluster, kube) as server,
+        hosts("ag-story") as fleet,
+        agent(cluster, kube, server, fleet, "ag-story"),
+    ):
+        await eventually(lambda: idle_offering_new(kube, "ag-story"), within=60, what="Idle offering")
+        for state in (S.STAGED_AND_PERFORMED_UPDATE, S.REBOOTED_INTO_UPDATE, S.MONITORING_UPDATE, S.IDLE):
+            await want(kube, "ag-story", state)
+            await eventually(
+                lambda s=state: reached(kube, "ag-story", s),  # type: ignore[misc]
+                within=60,
+                what=state.value,
+            )
+
+        for namespace, name, what in (
+            ("default", "ag-story", ("node", "ag-story")),
+            (NAMESPACE, shadow_name("ag-story"), ("-n", NAMESPACE, "brs", shadow_name("ag-story"))),
+        ):
+
+            async def told(w: tuple[str, ...] = what) -> list[tuple[str, str, str]] | None:
+                events = await described_events(cluster, *w)
+                return events if len(events) >= len(STORY) else None
+
+            shown = await eventually(told, within=30, what=f"the story in kubectl describe {' '.join(what)}")
+            assert sorted(shown) == sorted(STORY)
+            recorded = await recorded_events(kube, namespace, name)
+            assert [(e["type"], e["reason"], e["message"]) for e in recorded] == STORY
+            # describe lists them by lastTimestamp (whole seconds; the reboot alone takes more than one)
+            second = {e["reason"]: e["lastTimestamp"] for e in recorded}
+            order = [second[reason] for _, reason, _ in shown]
+            assert order == sorted(order), shown
+            assert second["Rebooting"] < second["Rebooted"]
+
+
 @pytest.mark.integration
 async def test_a_rolled_back_reboot_is_reported_as_an_error(cluster: ClusterState, kube: KubeClient) -> None:
     await installed(kube, "ag-rb")
@@ -171,6 +254,17 @@ async def test_a_rolled_back_reboot_is_reported_as_an_error(cluster: ClusterStat
             assert shadow.status.crash_count == 1
             assert shadow.status.state_transition_failure_timestamp is not None
             assert fleet["ag-rb"].boots == 1
+            failure = (
+                "Warning",
+                "UpdateFailed",
+                f"the update to Bottlerocket {NEW} failed at RebootedIntoUpdate (failure 1): the host "
+                f"came back on {OLD} after rebooting into {NEW}: rolled back",
+            )
+
+            async def told() -> bool:
+                return failure in await described_events(cluster, "node", "ag-rb")
+
+            await eventually(told, within=30, what="why, in kubectl describe node")
             # The controller sends it back to Idle; the agent uncordons and reports Idle.
             await want(kube, "ag-rb", S.IDLE)
             await eventually(lambda: reached(kube, "ag-rb", S.IDLE, OLD), within=30, what="recovered to Idle")

@@ -2,6 +2,7 @@
 checked-in one-file manifest is their defaults, a values file renders what it says (read from the rendered
 objects), and bad values are refused with the value named. No cluster needed."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 from brupop.controller.main import LEASE_NAME
 from brupop.deploy import AGENT_SA, APISERVER_SA, CONTROLLER_SA
 from brupop.models.constants import CRD_NAME, NAMESPACE
+from brupop.notify.events import Event
+from brupop.notify.payloads import SinkKind
+from brupop.notify.settings import NotifySettings
 from integ.helm import (
     CRD_CHART,
     MANIFEST,
@@ -30,7 +34,13 @@ NAMES = {
     "apiserver": "brupop-apiserver",
     "controller": "brupop-controller-deployment",
 }
-CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "PriorityClass"}
+CLUSTER_SCOPED = {
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PriorityClass",
+    "UpdatePolicy",
+}
 
 # Everything an installation commonly changes, each set to something other than its default.
 CUSTOM: Obj = {
@@ -89,7 +99,7 @@ CUSTOM: Obj = {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     },
-    "updatePolicies": [{"name": "weekends", "spec": {"maxConcurrent": "10%"}}],
+    "policies": [{"name": "weekends", "spec": {"nodeSelector": {}, "maxConcurrent": "10%"}}],
 }
 
 
@@ -144,12 +154,18 @@ def test_the_defaults() -> None:
         }
         assert container(objects, component)["image"] == "ghcr.io/brupop/brupop-python:0.1.0"
     terms = agent["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    (expressions,) = (t["matchExpressions"] for t in terms["nodeSelectorTerms"])
-    assert {e["key"]: e["values"] for e in expressions} == {
-        "kubernetes.io/os": ["linux"],
-        "kubernetes.io/arch": ["amd64", "arm64"],
+    # Opted-in nodes, or nodes still in an update cycle (terms are ORed): the agent stays to finish it.
+    opted_in, in_cycle = (t["matchExpressions"] for t in terms["nodeSelectorTerms"])
+    linux_and_arch = {"kubernetes.io/os": ["linux"], "kubernetes.io/arch": ["amd64", "arm64"]}
+    assert {e["key"]: e["values"] for e in opted_in} == {
+        **linux_and_arch,
         "bottlerocket.aws/updater-interface-version": ["2.0.0"],
     }
+    assert {e["key"]: e.get("values") for e in in_cycle} == {
+        **linux_and_arch,
+        "brupop.bottlerocket.aws/in-update-cycle": None,
+    }
+    assert in_cycle[-1]["operator"] == "Exists"
     assert container(objects, "agent")["resources"]["limits"] == {"cpu": "10m", "memory": "50Mi"}
     assert env(objects, "controller")["MAX_CONCURRENT_UPDATE"] == "1"
     assert env(objects, "controller")["SCHEDULER_CRON_EXPRESSION"] == "* * * * * * *"
@@ -248,16 +264,16 @@ def test_a_values_file_renders_what_it_says() -> None:
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["endpoints"][0]["tlsConfig"]["serverName"] == "brupop-apiserver.ops.svc"
     assert find(objects, "ServiceMonitor", "brupop-controller")["spec"]["endpoints"][0]["port"] == "main"
-    rules = find(objects, "PrometheusRule", "brupop")["spec"]["groups"][0]["rules"]
-    assert {r["alert"] for r in rules} == {
-        "BrupopUpdateFailed",
-        "BrupopUpdatesStalled",
-        "BrupopControllerDown",
-    }
+    rules = find(objects, "PrometheusRule", "brupop")  # what the alerts do: tests/integ/test_alerts.py
+    assert (rules["metadata"]["namespace"], rules["metadata"]["labels"]["release"]) == (
+        "ops",
+        "kube-prometheus-stack",
+    )
+    assert all('namespace="ops"' in r["expr"] for r in rules["spec"]["groups"][0]["rules"])
     policy = find(objects, "UpdatePolicy", "weekends")
     assert (policy["apiVersion"], policy["spec"]) == (
         "brupop.bottlerocket.aws/v1alpha1",
-        {"maxConcurrent": "10%"},
+        {"nodeSelector": {}, "maxConcurrent": "10%"},
     )
 
 
@@ -286,10 +302,99 @@ def test_the_deprecated_window_is_rendered_only_without_a_cron_expression() -> N
             {"agent": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}}},
             "narrow where the agent runs with agent.nodeSelector",
         ),
-        ({"updatePolicies": [{"name": "p"}]}, "missing property 'spec'"),
+        ({"policies": [{"name": "p"}]}, "missing property 'spec'"),
     ],
 )
 def test_bad_values_are_refused_naming_the_value(values: Obj, message: str) -> None:
     with pytest.raises(HelmError, match="failed") as refused:
         template(OPERATOR_CHART, release="brupop", values=[values])
     assert message in str(refused.value)
+
+
+def test_notifications_render_what_the_controller_reads(tmp_path: Path) -> None:
+    values = {
+        "notifications": {
+            "slack": {"secretName": "brupop-notify", "secretKey": "slack-url", "events": "all"},
+            "clusterName": "prod-eu",
+            "templates": {"node-failed": "$node failed: ${reason} ($$0 spent)"},
+        }
+    }
+    objects = render(OPERATOR_CHART, release="b", values=[values])
+    controller = env(objects, "controller")
+    assert controller["NOTIFY_SLACK_WEBHOOK_URL_FILE"] == "/etc/brupop/notify/slack/url"
+    assert "NOTIFY_WEBHOOK_URL_FILE" not in controller
+    (mount,) = container(objects, "controller")["volumeMounts"]
+    (volume,) = pod_spec(objects, "controller")["volumes"]
+    assert (mount["name"], mount["mountPath"], mount["readOnly"]) == (
+        "notify-slack",
+        "/etc/brupop/notify/slack",
+        True,
+    )
+    assert volume == {
+        "name": "notify-slack",
+        "secret": {"secretName": "brupop-notify", "items": [{"key": "slack-url", "path": "url"}]},
+    }
+    # What the container gets: the kubelet reads $$ as $ in a value (and leaves $name alone), and the
+    # Secret's key is the mounted file.
+    secret = tmp_path / "url"
+    secret.write_text("https://hooks.example.com/services/T0/B0/x\n")
+    seen = {
+        name: str(value).replace("$$", "$")
+        for name, value in controller.items()
+        if name.startswith("NOTIFY_")
+    }
+    settings = NotifySettings.from_env({**seen, "NOTIFY_SLACK_WEBHOOK_URL_FILE": str(secret)})
+    (slack,) = settings.sinks
+    assert (slack.kind, slack.url.value, slack.events) == (
+        SinkKind.SLACK,
+        "https://hooks.example.com/services/T0/B0/x",
+        frozenset(Event),
+    )
+    assert settings.templates[Event.NODE_FAILED].text == "$node failed: ${reason} ($$0 spent)"
+    assert (settings.cluster, settings.queue_size, settings.timeout, settings.attempts) == (
+        "prod-eu",
+        256,
+        5.0,
+        5,
+    )
+    defaults = env(chart_objects(), "controller")
+    assert NotifySettings.from_env({k: v for k, v in defaults.items() if k.startswith("NOTIFY_")}).sinks == ()
+    assert "volumes" not in pod_spec(chart_objects(), "controller")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"notifications": {"events": "rollout-started,node-exploded"}}, "/notifications/events"),
+        ({"notifications": {"templates": {"node-exploded": "$node"}}}, "/notifications/templates"),
+        ({"notifications": {"slack": {"secretName": "Not_A_Name"}}}, "/notifications/slack/secretName"),
+        ({"notifications": {"attempts": 0}}, "/notifications/attempts"),
+    ],
+)
+def test_bad_notification_values_are_refused_naming_the_value(values: Obj, message: str) -> None:
+    with pytest.raises(HelmError, match="failed") as refused:
+        template(OPERATOR_CHART, release="brupop", values=[values])
+    assert message in str(refused.value)
+
+
+def test_the_controller_mounts_the_files_a_prometheus_gate_names() -> None:
+    """A gate's `bearerTokenFile` and `caFile` are paths in the controller's pod: the chart mounts the
+    Secrets or ConfigMaps they come from, next to the notifications' own."""
+    ca = {"name": "prometheus-ca", "configMap": {"name": "prometheus-ca"}}
+    token = {"name": "prometheus-token", "secret": {"secretName": "brupop-prometheus"}}
+    mounts = [
+        {"name": "prometheus-ca", "mountPath": "/etc/prometheus-ca", "readOnly": True},
+        {"name": "prometheus-token", "mountPath": "/etc/prometheus-token", "readOnly": True},
+    ]
+    values = {
+        "controller": {"extraVolumes": [ca, token], "extraVolumeMounts": mounts},
+        "notifications": {"webhook": {"secretName": "brupop-notify"}},
+    }
+    objects = render(OPERATOR_CHART, release="b", values=[values])
+    names = [m["name"] for m in container(objects, "controller")["volumeMounts"]]
+    assert names == ["notify-webhook", "prometheus-ca", "prometheus-token"]
+    assert container(objects, "controller")["volumeMounts"][1:] == mounts
+    assert pod_spec(objects, "controller")["volumes"][1:] == [ca, token]
+    alone = render(OPERATOR_CHART, release="b", values=[{"controller": {"extraVolumes": [ca]}}])
+    assert pod_spec(alone, "controller")["volumes"] == [ca]
+    assert "volumeMounts" not in container(alone, "controller")

@@ -65,6 +65,7 @@ Obj = dict[str, Any]
 REVIEWS = Resource("authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False)
 BRS = "brupop.bottlerocket.aws"
 
+WORKLOAD_KINDS = ("replicasets", "deployments", "statefulsets", "daemonsets")
 # (group, resource, subresource, verb, namespaced) each program calls.
 Call = tuple[str, str, str, str, bool]
 CALLS: dict[str, list[Call]] = {
@@ -73,6 +74,8 @@ CALLS: dict[str, list[Call]] = {
         (BRS, "bottlerocketshadows", "", "watch", True),
         ("", "nodes", "", "list", False),
         ("", "nodes", "", "watch", False),
+        ("", "events", "", "create", True),  # about its shadow
+        ("", "events", "", "create", False),  # about its Node, in the default namespace
     ],
     APISERVER_SA: [
         ("authentication.k8s.io", "tokenreviews", "", "create", False),
@@ -80,12 +83,14 @@ CALLS: dict[str, list[Call]] = {
         ("", "pods", "", "watch", True),
         ("", "pods", "", "list", False),  # the drain lists a node's pods in every namespace
         ("", "pods", "eviction", "create", False),
+        ("policy", "poddisruptionbudgets", "", "get", True),
         ("", "nodes", "", "get", False),
         ("", "nodes", "", "patch", False),
         (BRS, "bottlerocketshadows", "", "create", True),
         (BRS, "bottlerocketshadows", "", "get", True),
         (BRS, "bottlerocketshadows", "status", "patch", True),
-        ("events.k8s.io", "events", "", "create", True),
+        ("", "events", "", "create", True),  # about shadows
+        ("", "events", "", "create", False),  # about Nodes, in the default namespace
     ],
     CONTROLLER_SA: [
         (BRS, "bottlerocketshadows", "", "list", True),
@@ -94,8 +99,17 @@ CALLS: dict[str, list[Call]] = {
         (BRS, "bottlerocketshadows", "", "delete", True),
         ("", "nodes", "", "list", False),
         ("", "nodes", "", "watch", False),
+        ("", "nodes", "", "patch", False),  # the in-cycle label and the policies' duringUpdate marks
+        (BRS, "updatepolicies", "", "list", False),
+        (BRS, "updatepolicies", "", "watch", False),
+        (BRS, "updatepolicies", "status", "patch", False),
         ("events.k8s.io", "events", "", "create", True),
+        ("events.k8s.io", "events", "", "create", False),  # about Nodes and policies, in `default`
         ("coordination.k8s.io", "leases", "", "create", True),
+        # The health gates and verification, while a policy sets them.
+        ("", "pods", "", "list", False),
+        ("", "pods", "", "watch", False),
+        *(("apps", kind, "", verb, False) for kind in WORKLOAD_KINDS for verb in ("list", "watch")),
     ],
 }
 DANGEROUS: dict[str, list[Call]] = {
@@ -116,11 +130,12 @@ DANGEROUS: dict[str, list[Call]] = {
     ],
     CONTROLLER_SA: [
         ("", "pods", "eviction", "create", False),
-        ("", "nodes", "", "patch", False),
         ("authentication.k8s.io", "tokenreviews", "", "create", False),
         (BRS, "bottlerocketshadows", "status", "patch", True),
         ("coordination.k8s.io", "leases", "", "create", False),  # only in its own namespace
         ("", "secrets", "", "get", True),
+        (BRS, "updatepolicies", "", "patch", False),  # people write policies; the controller only status
+        (BRS, "updatepolicies", "", "delete", False),
     ],
 }
 

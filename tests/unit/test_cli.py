@@ -20,6 +20,11 @@ BASE = {"MY_NODE_NAME": "n1", "APISERVER_SERVICE_PORT": "443"}
             "brupop agent: APISERVER_SERVICE_PORT='https'",
         ),
         ("controller", {"MAX_CONCURRENT_UPDATE": "x"}, "brupop controller: MAX_CONCURRENT_UPDATE='x'"),
+        (
+            "controller",
+            {"MAX_CONCURRENT_UPDATE": "1", "SCHEDULER_CRON_EXPRESSION": "0 0 0 30 2 * *"},
+            "brupop controller: SCHEDULER_CRON_EXPRESSION='0 0 0 30 2 * *': never fires",
+        ),
         ("apiserver", {"APISERVER_INTERNAL_PORT": "0"}, "brupop apiserver: APISERVER_INTERNAL_PORT='0'"),
         (
             "apiserver",
@@ -39,6 +44,7 @@ def test_bad_configuration_is_one_line_and_exit_2(
         "MY_NODE_NAME",
         "APISERVER_SERVICE_PORT",
         "MAX_CONCURRENT_UPDATE",
+        "SCHEDULER_CRON_EXPRESSION",
         "APISERVER_INTERNAL_PORT",
         "LOGGING_FORMATTER",
         "KUBECONFIG",

@@ -141,11 +141,15 @@ NOT_FROM_THE_CHART = {
     "BRUPOP_BOOT_ID_FILE",
     "APISERVER_TLS_DIR",
 }
+WORKSTATION_PROGRAMS = ("plugin",)
+"""`kubectl brupop` runs on an operator's machine (HOME, KUBECONFIG), never from the chart."""
 
 
 def _variables_read_by_the_programs() -> set[str]:
     names = set()
     for path in (REPO / "brupop").rglob("*.py"):
+        if path.relative_to(REPO / "brupop").parts[0] in WORKSTATION_PROGRAMS:
+            continue
         text = path.read_text()
         names |= set(re.findall(r"\(\s*env,\s*\"([A-Z][A-Z0-9_]+)\"", text))
         names |= set(re.findall(r"env(?:iron)?\.get\(\s*\"([A-Z][A-Z0-9_]+)\"", text))

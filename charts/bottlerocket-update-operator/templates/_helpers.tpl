@@ -65,13 +65,20 @@ annotations:
     {{- include "brupop.linuxAndArch" . | nindent 4 }}
 {{- end -}}
 
-{{/* The agent's nodes: those that also opted in to brupop's updates. */}}
+{{/*
+The agent's nodes: those that also opted in to brupop's updates, or are still in an update cycle (their
+opt-in label removed mid-cycle: the agent stays to finish or undo it). Terms are ORed.
+*/}}
 {{- define "brupop.agentNodeTerms" -}}
 - matchExpressions:
     {{- include "brupop.linuxAndArch" . | nindent 4 }}
     - key: bottlerocket.aws/updater-interface-version
       operator: In
       values: ["2.0.0"]
+- matchExpressions:
+    {{- include "brupop.linuxAndArch" . | nindent 4 }}
+    - key: brupop.bottlerocket.aws/in-update-cycle
+      operator: Exists
 {{- end -}}
 
 {{/*

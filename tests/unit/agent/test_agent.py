@@ -25,7 +25,13 @@ from brupop.agent.apiclient import ApiserverClient, ApiserverError
 from brupop.agent.host import HostAccessError, HostClient, HostUnavailableError
 from brupop.kube.client import KubeClient
 from brupop.kube.config import KubeConfig
-from brupop.models.constants import NAMESPACE, shadow_name
+from brupop.kube.events import Regarding
+from brupop.models.constants import (
+    NAMESPACE,
+    UPDATER_INTERFACE_LABEL,
+    UPDATER_INTERFACE_VERSION,
+    shadow_name,
+)
 from brupop.models.host import CommandType, UpdateState
 from brupop.models.shadow import BottlerocketShadow, ShadowSpec, ShadowState, ShadowStatus
 from brupop.models.timestamp import Timestamp
@@ -100,7 +106,13 @@ class FakeApiserver(ApiserverClient):
         """Calls that fail, with the apiserver's message."""
         self.shadow: Obj | None = None
         self.node: Obj = {
-            "metadata": {"name": NODE, "uid": f"uid-{NODE}", "resourceVersion": "1", "annotations": {}},
+            "metadata": {
+                "name": NODE,
+                "uid": f"uid-{NODE}",
+                "resourceVersion": "1",
+                "annotations": {},
+                "labels": {UPDATER_INTERFACE_LABEL: UPDATER_INTERFACE_VERSION},  # the DaemonSet's nodes
+            },
             "spec": {},
         }
         self._revision = 1
@@ -183,6 +195,24 @@ class FakeApiserver(ApiserverClient):
         self._done("remove_exclusion_from_lb")
 
 
+class Told:
+    """The agent's Events (what `kubectl describe` shows): kind, reason, type and note of each, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str]] = []
+        self.uids: set[tuple[str, str | None]] = set()
+
+    def record(self, regarding: Regarding, *, reason: str, note: str, warning: bool = False) -> None:
+        self.events.append((regarding.kind, reason, "Warning" if warning else "Normal", note))
+        self.uids.add((regarding.kind, regarding.uid))
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    def on(self, kind: str) -> list[tuple[str, str, str]]:
+        return [(reason, type_, note) for k, reason, type_, note in self.events if k == kind]
+
+
 def offline(request: httpx.Request) -> httpx.Response:
     raise AssertionError(f"the agent must not reach the cluster here: {request.method} {request.url}")
 
@@ -226,6 +256,7 @@ class Rig:
             KubeConfig(server="https://kube.invalid"), transport=httpx.MockTransport(offline)
         )
         self.options = OPTIONS
+        self.told = Told()
         self._pass: asyncio.Task[None] | None = None
         self._killed = False
         self.restarts = 0
@@ -269,6 +300,7 @@ class Rig:
             options=self.options,
             clock=lambda: NOW,
             sleep=sleep,
+            events=self.told,
         )
 
     async def restart(
@@ -424,6 +456,19 @@ async def test_a_new_node_creates_its_shadow_and_nothing_else(fresh: Rig) -> Non
     assert fresh.host.update_status() is None  # no command reached the host
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [{}, {UPDATER_INTERFACE_LABEL: "1.0.0"}],
+    ids=["no-label", "other-version"],
+)
+async def test_a_node_that_left_brupop_gets_no_new_shadow(fresh: Rig, labels: dict[str, str]) -> None:
+    """The controller deleted the shadow of a node that left brupop on purpose; its agent, about to go with
+    the DaemonSet's pod, must not create it again (that starts a create/delete fight)."""
+    fresh.api.node["metadata"]["labels"] = labels
+    await fresh.reconcile()
+    assert fresh.journal.events == []
+
+
 @pytest.mark.parametrize(("offered", "target"), [(True, NEW), (False, OLD)], ids=["update", "none"])
 async def test_a_shadow_without_status_reports_idle_targeting_the_hosts_choice(
     fresh: Rig, offered: bool, target: str
@@ -513,6 +558,27 @@ async def test_a_whole_cycle_makes_each_transition_once_and_then_rests(fresh: Ri
     assert fresh.journal.since(mark) == []
 
 
+async def test_a_whole_cycle_tells_its_story_on_the_node_and_on_its_shadow(fresh: Rig) -> None:
+    """Issue 18: with the apiserver's Cordoned, Drained and Uncordoned, `kubectl describe node` (and
+    `describe brs`) tells the story of an update: staged, rebooting, back on the new version, done."""
+    await fresh.walk(CYCLE)
+    story = [
+        (
+            "UpdateStaged",
+            "Normal",
+            f"Bottlerocket {NEW} is staged and activated: the node boots it at its next reboot",
+        ),
+        ("Rebooting", "Normal", f"brupop reboots the node into Bottlerocket {NEW}"),
+        ("Rebooted", "Normal", f"the node is back, running Bottlerocket {NEW}"),
+        ("UpdateSucceeded", "Normal", f"the node's update to Bottlerocket {NEW} is complete"),
+    ]
+    assert fresh.told.on("Node") == story
+    assert fresh.told.on("BottlerocketShadow") == story
+    assert fresh.api.shadow is not None
+    shadow_uid = fresh.api.shadow["metadata"]["uid"]
+    assert fresh.told.uids == {("Node", f"uid-{NODE}"), ("BottlerocketShadow", shadow_uid)}
+
+
 async def test_a_stale_watch_does_not_make_the_agent_redo_a_step(rig: Rig) -> None:
     await rig.step(S.STAGED_AND_PERFORMED_UPDATE)
     mark = rig.journal.mark()
@@ -555,6 +621,17 @@ async def test_a_rolled_back_reboot_is_reported_as_error_reset(
     assert status == failed(staged)
     assert (rig.host.version, rig.host.boots) == (OLD, 1)
     assert step_failure(logs) == f"the host came back on {OLD} after rebooting into {NEW}: rolled back"
+    failure = (
+        "UpdateFailed",
+        "Warning",
+        f"the update to Bottlerocket {NEW} failed at RebootedIntoUpdate (failure 1): the host came back on "
+        f"{OLD} after rebooting into {NEW}: rolled back",
+    )
+    assert rig.told.on("Node")[-2:] == [
+        ("Rebooting", "Normal", f"brupop reboots the node into Bottlerocket {NEW}"),
+        failure,
+    ]
+    assert rig.told.on("BottlerocketShadow")[-1] == failure
 
 
 async def test_a_refused_reboot_is_reported_as_error_reset(
@@ -653,6 +730,34 @@ async def test_an_agent_restarted_while_its_host_shuts_down_waits_for_the_boot(r
     # it drains (nothing left to evict) and asks again; the host, already going down, takes it as said.
     assert rig.journal.since(mark) == DRAIN_AND_REBOOT + DRAIN_AND_REBOOT + BACK_ON_THE_UPDATE
     assert rebooted_into_the_update(rig, status)
+
+
+async def test_a_host_going_down_that_refuses_the_second_reboot_is_waited_for_not_failed(rig: Rig) -> None:
+    """The agent restarted during the shutdown asks for the reboot again; a host already going down may
+    refuse it (systemd's shutdown is under way). That refusal is no failed step (ErrorReset would uncordon
+    and deactivate the update on a host about to boot it): the agent waits for the boot."""
+    mark = await staged_on_a_slow_host(rig)
+    rig.journal.kill_after = mark + 1  # SIGKILLed right after the host accepted the reboot
+    rig.want(S.REBOOTED_INTO_UPDATE)
+    await rig.reconcile()
+    assert rig.host.up.is_set()  # still going down
+    rig.host.faults.reboot_error = (
+        "Unable to start shutdown: Transaction for reboot.target/start is destructive"
+    )
+    status = await rig.step(S.REBOOTED_INTO_UPDATE)
+    assert rebooted_into_the_update(rig, status)
+
+
+async def test_a_refused_reboot_on_a_host_that_stays_up_is_a_failed_step(
+    rig: Rig, logs: list[MutableMapping[str, Any]]
+) -> None:
+    staged = await rig.reach(S.STAGED_AND_PERFORMED_UPDATE)
+    await rig.restart(replace(OPTIONS, refused_reboot_grace=0.2))
+    rig.host.faults.reboot_error = "Failed to reboot, exit code: 1, stderr: Operation inhibited"
+    status = await rig.step(S.REBOOTED_INTO_UPDATE)
+    assert status == failed(staged)
+    assert step_failure(logs).startswith("reboot: POST /actions/reboot: 500 Failed to reboot")
+    assert rig.host.boots == 0
 
 
 async def test_a_host_that_accepts_the_reboot_but_never_goes_down_fails_after_the_reboot_timeout(

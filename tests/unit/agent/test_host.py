@@ -14,7 +14,7 @@ import httpx
 import pytest
 import respx
 
-from brupop.agent.host import HostAccessError, HostClient, HostError, HostUnavailableError
+from brupop.agent.host import EAGER, RELAXED, HostAccessError, HostClient, HostError, HostUnavailableError
 from brupop.models.constants import HOST_API_SOCKET_GROUP
 from brupop.models.host import CommandStatus, CommandType, UpdateState
 from integ.hostsim.fleet import Fleet
@@ -495,24 +495,43 @@ def pending_json(version: str = NEW) -> dict[str, Any]:
     )
 
 
+def kernel_boot_ids(client: HostClient, monkeypatch: pytest.MonkeyPatch, *ids: str) -> list[str]:
+    """Make the client read these boot IDs in turn (the last one from then on); returns the reads."""
+    reads: list[str] = []
+
+    def boot_id() -> str:
+        reads.append(ids[min(len(reads), len(ids) - 1)])
+        return reads[-1]
+
+    monkeypatch.setattr(client, "boot_id", boot_id)
+    return reads
+
+
 async def test_a_new_boot_id_means_the_host_booted_even_if_its_status_looks_pending(
-    mocked: respx.MockRouter, mock_client: HostClient, tmp_path: Path
+    mocked: respx.MockRouter, mock_client: HostClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    boot_id = tmp_path / "boot_id"
-    boot_id.write_text("boot-1\n")
-    polls = 0
-
-    def status(request: httpx.Request) -> httpx.Response:
-        nonlocal polls
-        polls += 1
-        if polls == 3:  # it rebooted, came back on the old version, and someone staged the update again
-            boot_id.write_text("boot-2\n")
-        return httpx.Response(200, json=pending_json())
-
-    mocked.get("/updates/status").mock(side_effect=status)
+    """It rebooted, came back on the old version, and someone staged the update again: the status looks
+    as before the reboot, the boot ID says otherwise."""
+    reads = kernel_boot_ids(mock_client, monkeypatch, "boot-1", "boot-1", "boot-2")
+    mocked.get("/updates/status").respond(json=pending_json())
     mocked.get("/os").respond(json={"version_id": OLD})
     assert await mock_client.wait_for_boot(since="boot-1", pending=NEW, within=5.0) == OLD
-    assert polls == 3
+    assert len(reads) == 3
+
+
+async def test_an_unchanged_boot_id_means_the_host_has_not_booted_whatever_its_status_says(
+    mocked: respx.MockRouter, mock_client: HostClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the boot ID is the one read before the reboot, the kernel has not restarted: a status that
+    reads like a booted host (lost, as on a fresh tmpfs) while services stop is no boot, and must not be
+    taken for a rollback (which would uncordon and deactivate a host about to boot)."""
+    reads = kernel_boot_ids(mock_client, monkeypatch, "boot-1", "boot-1", "boot-2")
+    mocked.get("/updates/status").respond(
+        404, text="Update status is uninitialized, refresh-updates to initialize it"
+    )
+    mocked.get("/os").respond(json={"version_id": NEW})
+    assert await mock_client.wait_for_boot(since="boot-1", pending=NEW, within=5.0) == NEW
+    assert len(reads) == 3
 
 
 async def test_without_a_boot_id_a_lost_update_status_means_the_host_booted(
@@ -538,3 +557,15 @@ async def test_a_host_answering_oddly_while_it_goes_down_is_still_waited_for(
     )
     mocked.get("/os").respond(json={"version_id": NEW})
     assert await mock_client.wait_for_boot(since=None, pending=NEW, within=5.0) == NEW
+
+
+@pytest.mark.parametrize("elapsed", [0.0, 0.5, 5.0, 20.0, 35.0, 600.0])
+def test_an_update_step_is_seen_done_soon_after_it_is(elapsed: float) -> None:
+    """Issue 20: an update step (and a reboot) is looked at again after at most 2% of the time it has taken
+    and at most half a second: at a time scale of 1 a 20 s prepare seen a second late, and a 35 s reboot
+    nearly two, were brupop's own share of every wave. The idle update check, which nobody waits for,
+    keeps its relaxed pace (half the time taken, up to 2 s)."""
+    started = time.monotonic() - elapsed
+    eager = EAGER.delay(started)
+    assert eager <= min(max(0.02 * (elapsed + 0.01), 0.02), 0.5)
+    assert RELAXED.delay(started) >= min(max(0.5 * elapsed, 0.1), 2.0)

@@ -8,7 +8,8 @@ from brupop.apiserver.app import OperationError, create_app
 from brupop.apiserver.auth import AuthError, NodeIdentity, require_headers
 from brupop.models.shadow import ShadowStatus
 
-HEADERS = {"BrupopNodeName": "node-a", "BrupopNodeUid": "uid-a", "BrupopK8sAuthToken": "good"}
+NODE_UID = "6f1d2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
+HEADERS = {"BrupopNodeName": "node-a", "BrupopNodeUid": NODE_UID, "BrupopK8sAuthToken": "good"}
 STATUS = {
     "current_version": "1.20.3",
     "target_version": "1.21.0",
@@ -16,6 +17,15 @@ STATUS = {
     "crash_count": 0,
     "state_transition_failure_timestamp": None,
 }
+
+ROUTES = [
+    ("POST", "/bottlerocket-node-resource"),
+    ("PUT", "/bottlerocket-node-resource"),
+    ("POST", "/bottlerocket-node-resource/cordon-and-drain"),
+    ("POST", "/bottlerocket-node-resource/uncordon"),
+    ("POST", "/bottlerocket-node-resource/exclude-from-lb"),
+    ("POST", "/bottlerocket-node-resource/remove-exclusion-from-lb"),
+]
 
 
 class Gate:
@@ -86,7 +96,7 @@ async def test_create_uses_the_headers_node_and_ignores_the_body(client: httpx.A
     )
     assert answer.status_code == 200
     assert answer.json() == {"metadata": {"name": "brs-node-a"}}
-    assert ops.calls == [("create", NodeIdentity("node-a", "uid-a"), None)]
+    assert ops.calls == [("create", NodeIdentity("node-a", NODE_UID), None)]
 
 
 async def test_status_update_validates_and_echoes(client: httpx.AsyncClient, ops: Ops) -> None:
@@ -133,7 +143,7 @@ async def test_node_actions(client: httpx.AsyncClient, ops: Ops, path: str, call
     answer = await client.post(f"/bottlerocket-node-resource/{path}", headers=HEADERS)
     assert answer.status_code == 200
     assert answer.content == b""
-    assert ops.calls == [(call, NodeIdentity("node-a", "uid-a"), None)]
+    assert ops.calls == [(call, NodeIdentity("node-a", NODE_UID), None)]
 
 
 async def test_operation_errors_reach_the_caller_with_detail(client: httpx.AsyncClient) -> None:
@@ -151,14 +161,7 @@ async def test_operation_errors_reach_the_caller_with_detail(client: httpx.Async
 async def test_every_node_route_is_guarded(
     client: httpx.AsyncClient, ops: Ops, headers: dict[str, str], status: int
 ) -> None:
-    for method, path in [
-        ("POST", "/bottlerocket-node-resource"),
-        ("PUT", "/bottlerocket-node-resource"),
-        ("POST", "/bottlerocket-node-resource/cordon-and-drain"),
-        ("POST", "/bottlerocket-node-resource/uncordon"),
-        ("POST", "/bottlerocket-node-resource/exclude-from-lb"),
-        ("POST", "/bottlerocket-node-resource/remove-exclusion-from-lb"),
-    ]:
+    for method, path in ROUTES:
         answer = await client.request(method, path, headers=headers, json=STATUS)
         assert answer.status_code == status, (method, path)
         assert "error" in answer.json()

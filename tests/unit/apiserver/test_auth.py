@@ -8,6 +8,7 @@ from brupop.apiserver.auth import (
     NodeIdentity,
     ReviewedToken,
     authorize,
+    check_node_uid,
     require_headers,
 )
 
@@ -38,11 +39,19 @@ def decide(
     uid: str = "node-uid",
     actual: str | None = "node-uid",
 ) -> NodeIdentity:
-    return authorize(token, pod=pod, node_name=node, node_uid=uid, actual_node_uid=actual)
+    return check_node_uid(
+        pod=authorize(token, pod=pod, node_name=node), node_name=node, node_uid=uid, actual_node_uid=actual
+    )
 
 
 def test_the_agent_on_its_own_node_is_let_in() -> None:
     assert decide(review()) == NodeIdentity(name="node-a", uid="node-uid")
+
+
+def test_the_identity_says_when_the_agent_pod_is_terminating() -> None:
+    """The shadow create refuses a terminating agent (issue 14 item 26): the flag must reach the identity."""
+    leaving = AgentPod(name="brupop-agent-x", uid="pod-uid", node_name="node-a", terminating=True)
+    assert decide(review(), pod=leaving).pod_terminating
 
 
 @pytest.mark.parametrize(
@@ -91,9 +100,10 @@ def test_tokens_without_a_pod_uid_extra_are_checked_by_name() -> None:
 
 
 def test_required_headers() -> None:
-    assert require_headers({"BrupopNodeName": "a", "BrupopNodeUid": "u", "BrupopK8sAuthToken": "t"}) == (
-        "a",
-        "u",
+    uid = "0b7c3c5e-8d4e-4a53-9b5e-3f1c2d4e5f60"
+    assert require_headers({"BrupopNodeName": "a.b-c", "BrupopNodeUid": uid, "BrupopK8sAuthToken": "t"}) == (
+        "a.b-c",
+        uid,
         "t",
     )
     with pytest.raises(AuthError) as info:

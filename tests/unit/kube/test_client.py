@@ -8,9 +8,20 @@ import httpx
 import pytest
 import respx
 
-from brupop.kube.client import NODES, PODS, SHADOWS, TOKEN_REVIEWS, ApiError, KubeClient
+from brupop.kube.client import (
+    NODES,
+    PODS,
+    SHADOWS,
+    TOKEN_REVIEWS,
+    ApiError,
+    ApiUnavailableError,
+    KubeClient,
+    Retries,
+    unavailable,
+)
 from brupop.kube.config import KubeConfig, KubeConfigError
 from brupop.kube.informer import ResourceExpiredError
+from brupop.kube.retry import Backoff
 
 SERVER = "https://kube.test:6443"
 
@@ -223,3 +234,127 @@ def test_in_cluster(tmp_path: Path) -> None:
     (tmp_path / "token").unlink()
     with pytest.raises(KubeConfigError, match="cannot read the service account token"):
         config.bearer_token()
+
+
+@respx.mock
+async def test_no_answer_is_an_api_error_that_is_retryable(client: KubeClient) -> None:
+    """Connection refused or a timeout (a kube-apiserver restarting) is an ApiError callers already handle,
+    marked retryable, never a bare httpx exception that escapes every `except ApiError`."""
+    respx.get(f"{SERVER}/api/v1/nodes/n1").mock(side_effect=httpx.ConnectError("connection refused"))
+    respx.get(f"{SERVER}/api/v1/nodes").mock(side_effect=httpx.ReadTimeout("timed out"))
+    for call in (client.get(NODES, "n1"), client.list(NODES)):
+        with pytest.raises(ApiError) as info:
+            await call
+        assert isinstance(info.value, ApiUnavailableError)
+        assert info.value.retryable
+        assert not info.value.not_found
+        assert not info.value.conflict
+
+
+@respx.mock
+async def test_watch_transport_errors_are_api_errors(client: KubeClient) -> None:
+    respx.get(f"{SERVER}/api/v1/nodes").mock(side_effect=httpx.ConnectError("connection refused"))
+    with pytest.raises(ApiUnavailableError):
+        async for _ in client.watch(NODES, resource_version="1"):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("answer", "retryable", "retry_after"),
+    [
+        (httpx.Response(429, headers={"Retry-After": "3"}, json={"kind": "Status"}), True, 3.0),
+        (
+            httpx.Response(
+                429, json={"kind": "Status", "details": {"retryAfterSeconds": 2}, "message": "slow down"}
+            ),
+            True,
+            2.0,
+        ),
+        (httpx.Response(503, text="unavailable"), True, None),
+        (httpx.Response(500, json={"kind": "Status", "message": "etcd"}), True, None),
+        (httpx.Response(409, json={"kind": "Status", "reason": "Conflict"}), False, None),
+        (httpx.Response(404, json={"kind": "Status", "reason": "NotFound"}), False, None),
+    ],
+)
+@respx.mock
+async def test_errors_say_whether_to_retry_and_when(
+    client: KubeClient, answer: httpx.Response, retryable: bool, retry_after: float | None
+) -> None:
+    respx.get(f"{SERVER}/api/v1/nodes/n1").mock(return_value=answer)
+    with pytest.raises(ApiError) as info:
+        await client.get(NODES, "n1")
+    assert (info.value.retryable, info.value.retry_after) == (retryable, retry_after)
+
+
+@respx.mock
+async def test_a_client_with_retries_rides_out_an_outage_and_honours_retry_after(token_file: Path) -> None:
+    config = KubeConfig(server=SERVER, token_file=token_file)
+    retries = Retries(attempts=4, backoff=Backoff(base=0.0, cap=0.0))
+    route = respx.patch(f"{SERVER}/api/v1/nodes/n1").mock(
+        side_effect=[
+            httpx.ConnectError("connection refused"),
+            httpx.Response(503, text="starting"),
+            httpx.Response(429, headers={"Retry-After": "0"}, json={"kind": "Status"}),
+            httpx.Response(200, json={"kind": "Node"}),
+        ]
+    )
+    async with KubeClient(config, transport=httpx.AsyncHTTPTransport(), retries=retries) as kube:
+        assert await kube.merge_patch(NODES, "n1", {"metadata": {}}) == {"kind": "Node"}
+        assert route.call_count == 4
+        conflict = respx.get(f"{SERVER}/api/v1/nodes/n2").mock(
+            return_value=httpx.Response(409, json={"kind": "Status"})
+        )
+        with pytest.raises(ApiError):
+            await kube.get(NODES, "n2")
+        assert conflict.call_count == 1  # only what may succeed later is retried
+
+
+@pytest.mark.parametrize(
+    ("name", "segment"),
+    [
+        ("a/../pods", "a%2F..%2Fpods"),
+        ("x?watch=1", "x%3Fwatch%3D1"),
+        ("x#frag", "x%23frag"),
+        ("50%", "50%25"),
+        ("a b", "a%20b"),
+    ],
+)
+def test_names_cannot_change_the_shape_of_a_url(name: str, segment: str) -> None:
+    assert NODES.path(name=name) == f"/api/v1/nodes/{segment}"
+    assert PODS.path(namespace=name, name="p", subresource=name) == (
+        f"/api/v1/namespaces/{segment}/pods/p/{segment}"
+    )
+
+
+@pytest.mark.parametrize("name", [".", "..", ""])
+def test_dot_segments_and_empty_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="not a valid path segment"):
+        NODES.path(name=name)
+    with pytest.raises(ValueError, match="not a valid path segment"):
+        PODS.path(namespace=name)
+
+
+@respx.mock
+async def test_a_crafted_name_reaches_only_its_own_url(client: KubeClient) -> None:
+    route = respx.get(f"{SERVER}/api/v1/nodes/..%2Fpods").mock(return_value=httpx.Response(404, json={}))
+    with pytest.raises(ApiError):
+        await client.get(NODES, "../pods")
+    assert route.called
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (httpx.ConnectError("refused"), True),
+        (httpx.ReadTimeout("slow"), True),
+        (ApiError(500, "InternalError", "etcd"), True),
+        (ApiError(503, "ServiceUnavailable", "shutting down"), True),
+        (ApiError(429, "TooManyRequests", "throttled"), True),
+        (ApiError(0, "Unavailable", "no answer"), True),
+        (ApiError(404, "NotFound", "gone"), False),
+        (ApiError(403, "Forbidden", "rbac"), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_which_failures_mean_the_api_server_could_not_answer(error: Exception, expected: bool) -> None:
+    assert unavailable(error) is expected

@@ -3,8 +3,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
-from brupop.kube.informer import Backoff, Informer, object_key
+from brupop.kube.client import ApiError, ApiUnavailableError
+from brupop.kube.informer import Informer, OptionalResource, object_key
+from brupop.kube.retry import Backoff
 
 Obj = dict[str, Any]
 
@@ -90,6 +94,29 @@ async def test_gone_relists_and_other_errors_back_off_then_resume() -> None:
     assert [object_key(o) for o in informer.items()] == ["ns/z"]
 
 
+class TimedSource(Source):
+    """Notes, on the loop's clock, when each watch began."""
+
+    def __init__(self, lists: list[tuple[list[Obj], str]], watches: list[Any]) -> None:
+        super().__init__(lists, watches)
+        self.watch_times: list[float] = []
+
+    def watch(self, resource_version: str) -> AsyncIterator[tuple[str, Obj]]:
+        self.watch_times.append(asyncio.get_running_loop().time())
+        return super().watch(resource_version)
+
+
+async def test_a_refusal_with_retry_after_is_waited_out_before_the_next_try() -> None:
+    """A 429 (or 503) that says Retry-After: the informer waits at least that long, even when its own
+    back-off would retry at once."""
+    busy = ApiError(429, "TooManyRequests", "slow down", retry_after=0.3)
+    source = TimedSource(lists=[([], "5")], watches=[busy, ApiUnavailableError("connection refused"), []])
+    informer = Informer(source, name="t", backoff=NO_WAIT)
+    await run_until_done(informer, source)
+    first, second = source.watch_times[:2]
+    assert second - first >= 0.3
+
+
 async def test_an_error_event_that_is_not_410_keeps_the_resource_version() -> None:
     source = Source(lists=[([], "5")], watches=[[("ERROR", {"code": 500, "message": "boom"})]])
     informer = Informer(source, name="t", backoff=NO_WAIT)
@@ -164,3 +191,68 @@ def test_backoff_has_full_jitter_under_a_cap() -> None:
     assert all(
         0 <= backoff.delay(attempt) <= min(8.0, 2**attempt) for attempt in range(10) for _ in range(20)
     )
+
+
+class Unserved:
+    """A source whose first lists answer 404 (the CRD is not installed), then serve one object."""
+
+    def __init__(self, refusals: int, error: ApiError) -> None:
+        self.refusals = refusals
+        self.error = error
+        self.lists = 0
+        self.served = asyncio.Event()
+        self.refused_thrice = asyncio.Event()
+
+    async def list(self) -> tuple[list[Obj], str]:
+        self.lists += 1
+        if self.lists >= 3:
+            self.refused_thrice.set()
+        if self.lists <= self.refusals:
+            raise self.error
+        return [obj("p", "5", namespace=None)], "5"
+
+    async def watch(self, resource_version: str) -> AsyncIterator[tuple[str, Obj]]:
+        self.served.set()
+        await asyncio.Event().wait()
+        yield "BOOKMARK", obj("", resource_version)
+
+
+async def test_a_resource_not_served_counts_as_none_and_is_listed_again_until_it_is() -> None:
+    source = Unserved(2, ApiError(404, "NotFound", "the server could not find the requested resource"))
+    changes = []
+    informer = Informer(
+        OptionalResource(source, name="t", rule="list t", recheck=0.01),
+        name="t",
+        on_change=lambda: changes.append(1),
+        backoff=NO_WAIT,
+    )
+    task = asyncio.create_task(informer.run())
+    try:
+        await asyncio.wait_for(informer.ready.wait(), 5)
+        await asyncio.wait_for(source.served.wait(), 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert source.lists == 3
+    assert [object_key(o) for o in informer.items()] == ["p"]
+    assert len(changes) == 3  # each list, the empty ones too
+
+
+async def test_a_refused_list_is_not_taken_as_none_and_says_which_rbac_rule_is_missing() -> None:
+    """Old manifests, new image: a ClusterRole without updatepolicies. Not reconciling (fail closed), and
+    one error line naming the rule to grant."""
+    source = Unserved(10, ApiError(403, "Forbidden", "cannot list updatepolicies"))
+    rule = "list and watch updatepolicies.brupop.bottlerocket.aws"
+    informer = Informer(OptionalResource(source, name="t", rule=rule), name="t", backoff=NO_WAIT)
+    with structlog.testing.capture_logs() as entries:
+        task = asyncio.create_task(informer.run())
+        try:
+            await asyncio.wait_for(source.refused_thrice.wait(), 5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert not informer.ready.is_set()
+    refused = [e for e in entries if e.get("missing_rbac_rule") == rule]
+    assert len(refused) == 1, entries
+    assert refused[0]["log_level"] == "error"
+    assert "nothing is reconciled" in refused[0]["event"]

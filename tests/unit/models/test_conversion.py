@@ -6,8 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from brupop.models.conversion import (
-    V1_STATE_ANNOTATION,
+    V2_FIELDS_ANNOTATION,
     ConversionError,
+    ReviewError,
     convert_object,
     handle_conversion_review,
     spec_to_v1,
@@ -114,7 +115,7 @@ def test_converting_to_the_same_version_changes_nothing() -> None:
     assert convert_object(obj, V2) == obj
 
 
-def test_performed_update_survives_a_trip_through_v2() -> None:
+def test_performed_update_reads_back_as_staged_update_and_leaves_no_annotation() -> None:
     v1 = {
         "apiVersion": V1,
         "kind": "BottlerocketShadow",
@@ -124,28 +125,72 @@ def test_performed_update_survives_a_trip_through_v2() -> None:
     }
     v2 = convert_object(v1, V2)
     assert v2["spec"]["state"] == v2["status"]["current_state"] == "StagedAndPerformedUpdate"
-    assert V1_STATE_ANNOTATION in v2["metadata"]["annotations"]
-    assert convert_object(v2, V1) == v1
+    assert v2["metadata"] == {"name": "brs-a"}  # nothing internal in what is stored and read as v2
+    back = convert_object(v2, V1)
+    assert back["spec"]["state"] == back["status"]["current_state"] == "StagedUpdate"
 
 
-def test_a_stale_remembered_state_is_not_restored() -> None:
-    obj = v2_object(current_state="RebootedIntoUpdate")
-    obj["metadata"]["annotations"][V1_STATE_ANNOTATION] = (
-        '{"spec":"PerformedUpdate","status":"PerformedUpdate"}'
-    )
-    down = convert_object(obj, V1)
-    assert down["status"]["current_state"] == "RebootedIntoUpdate"
-    assert down["spec"]["state"] == "Idle"
-    assert down["metadata"]["annotations"] == {"note": "kept"}
+def error_reset(crashes: int = 3) -> dict[str, Any]:
+    obj = v2_object(current_state="ErrorReset", crash_count=crashes, state_transition_failure_timestamp=STAMP)
+    obj["spec"] = {"state": "Idle", "state_transition_timestamp": STAMP, "version": "1.1.0"}
+    return obj
 
 
-@pytest.mark.parametrize("garbage", ["not json", "[1]", "{}"])
-def test_an_unreadable_remembered_state_is_dropped(garbage: str) -> None:
-    obj = v2_object(current_state="StagedAndPerformedUpdate")
-    obj["metadata"]["annotations"] = {V1_STATE_ANNOTATION: garbage}
-    down = convert_object(obj, V1)
-    assert down["status"]["current_state"] == "StagedUpdate"
-    assert "annotations" not in down["metadata"]
+def test_a_v1_label_edit_keeps_error_reset_and_the_crash_back_off() -> None:
+    """Item 12 of issue 14: `kubectl label` through v1 reads the object as v1, adds the label, and the API
+    server converts it back: the crash count and failure time survive, and v2 carries no annotation."""
+    stored = error_reset()
+    seen = convert_object(stored, V1)
+    assert seen["status"] == {
+        "current_version": "1.0.0",
+        "target_version": "1.0.0",
+        "current_state": "MonitoringUpdate",
+    }
+    assert V2_FIELDS_ANNOTATION in seen["metadata"]["annotations"]
+    labelled = copy.deepcopy(seen)
+    labelled["metadata"]["labels"]["edited"] = "yes"
+    back = convert_object(labelled, V2)
+    assert back["status"] == stored["status"]
+    assert back["spec"] == stored["spec"]
+    assert back["metadata"] == {**stored["metadata"], "labels": {"team": "x", "edited": "yes"}}
+
+
+def test_a_spec_in_error_reset_survives_a_v1_round_trip() -> None:
+    stored = error_reset()
+    stored["spec"]["state"] = "ErrorReset"
+    assert convert_object(convert_object(stored, V1), V2) == stored
+
+
+def test_a_v1_write_of_a_new_status_starts_from_crash_count_0() -> None:
+    seen = convert_object(error_reset(), V1)
+    seen["status"]["current_state"] = "Idle"
+    back = convert_object(seen, V2)
+    assert back["status"]["current_state"] == "Idle"
+    assert (back["status"]["crash_count"], back["status"]["state_transition_failure_timestamp"]) == (0, None)
+    assert back["spec"] == error_reset()["spec"]  # the spec part was not changed: nothing lost there
+    assert V2_FIELDS_ANNOTATION not in back["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "not json",
+        "[1]",
+        '{"status": {"v1": "x", "v2": {"crash_count": 5}}}',
+        '{"status": {"v1": {"current_version": "1.0.0", "target_version": "1.0.0", '
+        '"current_state": "MonitoringUpdate"}, "v2": {"current_state": "Idle"}}}',
+        '{"status": {"v1": {"current_version": "1.0.0", "target_version": "1.0.0", '
+        '"current_state": "MonitoringUpdate"}, "v2": {"crash_count": -1}}}',
+        '{"status": {"v1": {"current_version": "1.0.0", "target_version": "1.0.0", '
+        '"current_state": "MonitoringUpdate"}, "v2": {"current_version": "9.9.9"}}}',
+    ],
+)
+def test_a_record_that_does_not_fit_is_ignored_and_dropped(record: str) -> None:
+    v1 = convert_object(v2_object(current_state="MonitoringUpdate"), V1)
+    v1["metadata"]["annotations"][V2_FIELDS_ANNOTATION] = record
+    back = convert_object(v1, V2)
+    assert back["status"] == v2_object(current_state="MonitoringUpdate")["status"]
+    assert back["metadata"]["annotations"] == {"note": "kept"}
 
 
 @pytest.mark.parametrize(
@@ -162,6 +207,17 @@ def test_an_unreadable_remembered_state_is_dropped(garbage: str) -> None:
             "apiVersion 'brupop.bottlerocket.aws/v3'",
         ),
         (v2_object(current_state="Exploded"), V1, "status.current_state"),
+        (v2_object(current_version="\udfff"), V1, r"status.current_version: '\\udfff' is not valid Unicode"),
+        (
+            {**v2_object(), "metadata": {"name": "brs-a", "labels": {"a": "\ud800"}}},
+            V1,
+            r"metadata.labels.a: '\\ud800' is not valid Unicode",
+        ),
+        (
+            {**v2_object(), "metadata": {"annotations": {"a": 1}}},
+            V1,
+            "metadata.annotations.a: expected a string",
+        ),
     ],
 )
 def test_bad_objects_raise_a_clear_error(obj: dict[str, Any], desired: str, message: str) -> None:
@@ -169,7 +225,7 @@ def test_bad_objects_raise_a_clear_error(obj: dict[str, Any], desired: str, mess
         convert_object(obj, desired)
 
 
-def review(desired: str, objects: Any, uid: str = "705ab4f5") -> dict[str, Any]:
+def review(desired: str, objects: Any, uid: Any = "705ab4f5") -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "ConversionReview",
@@ -205,7 +261,6 @@ def test_review_with_an_unknown_desired_version_fails_even_without_objects() -> 
         ({"request": {"uid": "u", "desiredAPIVersion": V1}}, "request.objects is missing"),
         (review(V1, ["nope"]), r"request.objects\[0\] is not an object"),
         (review(V1, [v2_object(), v2_object(current_state="Nope")]), r"objects\[1\] \(name 'brs-a'\)"),
-        ({"request": "nonsense"}, "desiredAPIVersion"),
     ],
 )
 def test_review_reports_malformed_requests_as_failed(body: dict[str, Any], message: str) -> None:
@@ -213,6 +268,32 @@ def test_review_reports_malformed_requests_as_failed(body: dict[str, Any], messa
     assert response["result"]["status"] == "Failed"
     assert response["convertedObjects"] is None
     assert __import__("re").search(message, response["result"]["message"])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"request": "nonsense"}, "request: expected an object"),
+        ({"request": {"desiredAPIVersion": V1, "objects": []}}, "request.uid: missing"),
+        (review(V1, [], uid=7), "request.uid: expected a string, got int"),
+        (review(V1, [], uid="\udc00"), r"request.uid: '\\udc00' is not valid Unicode"),
+    ],
+)
+def test_a_review_without_a_usable_uid_cannot_be_answered(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(ReviewError, match=message):
+        handle_conversion_review(body)
+
+
+def test_the_answer_names_a_known_review_version_only() -> None:
+    assert handle_conversion_review({**review(V1, []), "apiVersion": {"x": 1}})["apiVersion"] == (
+        "apiextensions.k8s.io/v1"
+    )
+    assert (
+        handle_conversion_review({**review(V1, []), "apiVersion": "apiextensions.k8s.io/v1beta1"})[
+            "apiVersion"
+        ]
+        == "apiextensions.k8s.io/v1beta1"
+    )
 
 
 # Property tests: round trips over every representable object.
@@ -279,24 +360,36 @@ def v2_objects(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-@given(v1_objects())
-def test_v1_to_v2_to_v1_is_the_identity(obj: dict[str, Any]) -> None:
-    original = copy.deepcopy(obj)
-    assert convert_object(convert_object(obj, V2), V1) == original
-    assert obj == original  # the input is not mutated
-
-
-def lossy_view(obj: dict[str, Any]) -> dict[str, Any]:
-    """What survives v2 -> v1 -> v2: ErrorReset reads as MonitoringUpdate, crash tracking is gone."""
+def performed_as_staged(obj: dict[str, Any]) -> dict[str, Any]:
+    """What survives v1 -> v2 -> v1: PerformedUpdate reads back as StagedUpdate."""
     out = copy.deepcopy(obj)
     for part, key in (("spec", "state"), ("status", "current_state")):
-        if out[part] is not None and out[part][key] == "ErrorReset":
-            out[part][key] = "MonitoringUpdate"
-    if out["status"] is not None:
-        out["status"].update(crash_count=0, state_transition_failure_timestamp=None)
+        if out[part] is not None and out[part][key] == "PerformedUpdate":
+            out[part][key] = "StagedUpdate"
     return out
 
 
+@given(v1_objects())
+def test_v1_to_v2_to_v1_loses_only_performed_update(obj: dict[str, Any]) -> None:
+    original = copy.deepcopy(obj)
+    assert convert_object(convert_object(obj, V2), V1) == performed_as_staged(original)
+    assert obj == original  # the input is not mutated
+
+
 @given(v2_objects())
-def test_v2_to_v1_to_v2_loses_only_the_documented_fields(obj: dict[str, Any]) -> None:
-    assert convert_object(convert_object(obj, V1), V2) == lossy_view(obj)
+def test_v2_to_v1_to_v2_is_the_identity(obj: dict[str, Any]) -> None:
+    original = copy.deepcopy(obj)
+    assert convert_object(convert_object(obj, V1), V2) == original
+    assert obj == original
+
+
+@given(v1_objects(), st.none() | st.text(max_size=30) | v2_objects().map(lambda o: convert_object(o, V1)))
+def test_v2_never_carries_the_annotation(obj: dict[str, Any], record: Any) -> None:
+    if isinstance(record, dict):  # the record a real v2 -> v1 conversion wrote, now on another object
+        record = (record["metadata"].get("annotations") or {}).get(V2_FIELDS_ANNOTATION)
+    if record is not None:
+        obj["metadata"]["annotations"] = {
+            **obj["metadata"].get("annotations", {}),
+            V2_FIELDS_ANNOTATION: record,
+        }
+    assert V2_FIELDS_ANNOTATION not in (convert_object(obj, V2)["metadata"].get("annotations") or {})

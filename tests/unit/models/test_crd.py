@@ -59,7 +59,9 @@ def test_printer_columns() -> None:
         ("Target State", ".spec.state"),
         ("Target Version", ".spec.version"),
     ]
-    assert columns == {"v2": [*expected, ("Crash Count", ".status.crash_count")], "v1": expected}
+    age = ("Age", ".metadata.creationTimestamp")  # not shown by kubectl once a CRD has its own columns
+    assert columns == {"v2": [*expected, ("Crash Count", ".status.crash_count"), age], "v1": [*expected, age]}
+    assert versions()["v2"]["additionalPrinterColumns"][-1]["type"] == "date"
 
 
 def test_v2_schema_is_structural_and_matches_the_wire_format() -> None:
@@ -73,17 +75,18 @@ def test_v2_schema_is_structural_and_matches_the_wire_format() -> None:
         "MonitoringUpdate",
         "ErrorReset",
     ]
+    # Optional fields are not nullable: the API server drops a null written to them, so an unset field is
+    # absent (kubectl shows `<no value>` for a null).
     assert spec["properties"]["version"] == {
         "pattern": SEMVER_PATTERN,
         "type": "string",
         "description": spec["properties"]["version"]["description"],
-        "nullable": True,
     }
     assert status["nullable"] is True
     assert sorted(status["required"]) == ["crash_count", "current_state", "current_version", "target_version"]
     crash = status["properties"]["crash_count"]
     assert (crash["type"], crash["format"], crash["minimum"]) == ("integer", "uint32", 0)
-    assert status["properties"]["state_transition_failure_timestamp"]["nullable"] is True
+    assert "nullable" not in status["properties"]["state_transition_failure_timestamp"]
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):

@@ -1,10 +1,11 @@
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brupop.models.timestamp import Timestamp
+from brupop.models.timestamp import SCHEMA, Timestamp
 
 
 @pytest.mark.parametrize(
@@ -71,3 +72,44 @@ def test_unix_nanos_are_written_in_chronos_serde_form(nanos: int, text: str) -> 
     assert written.text == text
     assert written == Timestamp.parse(text)
     assert written.instant == Timestamp.parse(text).instant
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "9999-12-31T23:59:59-23:59",  # a valid RFC 3339 text whose instant is in year 10000
+        "0001-01-01T00:00:00+23:59",  # ... or in year 0
+    ],
+)
+def test_an_instant_outside_the_representable_years_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError, match="outside the years 1-9999"):
+        Timestamp.parse(text)
+
+
+CRD_PATTERN = re.compile(SCHEMA["pattern"])
+TIMESTAMP_LIKE = st.from_regex(
+    r"\A[0-9\u0660-\u0669]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{0,10})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})?\Z"
+)
+
+
+@given(TIMESTAMP_LIKE)
+def test_what_the_crd_lets_in_is_what_the_reader_reads(text: str) -> None:
+    """The API server must refuse what brupop cannot read back, or one stored shadow fails the conversion
+    webhook and with it every v1 list and watch. The CRD's pattern takes the reader's syntax exactly; what
+    the reader refuses beyond syntax (a 30 February, an offset past 23:59, an instant outside the years
+    1-9999) the CRD's CEL rule refuses too (CEL's timestamp() fails on the first two)."""
+    refusal = ""
+    try:
+        Timestamp.parse(text)
+    except ValueError as err:
+        refusal = str(err)
+    if not refusal:
+        assert CRD_PATTERN.fullmatch(text)
+    elif CRD_PATTERN.fullmatch(text):
+        assert any(why in refusal for why in ("not a valid date", "invalid UTC offset", "outside the years"))
+
+
+def test_digits_of_other_scripts_are_no_timestamp() -> None:
+    with pytest.raises(ValueError, match="not an RFC 3339 timestamp"):
+        Timestamp.parse("\u0662\u0660\u0662\u0664-10-24T17:02:03Z")

@@ -56,3 +56,11 @@ def test_retry_at_is_the_first_allowed_instant() -> None:
     assert at == FAILED + timedelta(minutes=5)
     assert may_retry(status, now=at)
     assert not may_retry(status, now=at - timedelta(microseconds=1))
+
+
+def test_a_failure_at_the_end_of_time_keeps_the_node_waiting_instead_of_overflowing() -> None:
+    last = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    failed = shadow("n", state=ShadowState.IDLE, crashes=3, failed_at=last)
+    assert failed.status is not None
+    assert retry_at(failed.status) == datetime.max.replace(tzinfo=UTC)
+    assert not may_retry(failed.status, now=last)

@@ -125,3 +125,30 @@ def test_halted_exactly_when_enough_failures_count(
     ]
     assert (state.halt is not None) == (len(counting) >= limit)
     assert len(state.failures) == min(len(counting), limit)
+
+
+def test_a_failure_dated_in_the_future_is_reported_and_never_counted() -> None:
+    """A node whose clock is wrong: counted, its failure would never leave the window."""
+    ahead = Failure(node="skewed", at=Timestamp.from_datetime(NOW + timedelta(days=300)), reason="boom")
+    within_skew = Failure(node="close", at=Timestamp.from_datetime(NOW + timedelta(minutes=4)), reason="boom")
+    state = run(BudgetState(), ahead, within_skew)
+    assert state.failures == (within_skew,)
+    assert state.halt is None
+    assert state.future == (ahead,)
+    assert state.notices() == (
+        f"skewed's failure is dated {ahead.at.text}, in the future (is its clock wrong?); not counted",
+    )
+
+
+def test_a_resume_older_than_the_halt_clears_nothing_and_says_so() -> None:
+    """A resumed-at left from an earlier halt: the operator must set it again, and the status tells them."""
+    halted = run(BudgetState(), failed("a", 10), failed("b", 5))
+    assert halted.halt is not None
+    earlier = NOW - timedelta(hours=2)
+    still = run(halted, resumed=earlier, now=NOW + timedelta(minutes=1))
+    assert still.halt == halted.halt
+    assert still.notices() == (
+        f"resumed-at {earlier.isoformat()} is older than the halt (since {halted.halt.since.text}) and "
+        "clears nothing: set it again to resume",
+    )
+    assert run(BudgetState(), failed("a", 10), resumed=earlier).notices() == ()

@@ -1,15 +1,22 @@
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from brupop.policy.drain import (
     CORDON_ANNOTATION,
+    Outcome,
+    blocking_pdbs,
     cordon_patch,
     cordoned_by,
     exclude_from_lb_patch,
     is_terminating,
     must_leave,
+    owner_key,
     pod_key,
+    read_eviction,
+    tolerates_cordon,
     uncordon_patch,
 )
 
@@ -125,3 +132,198 @@ def test_load_balancer_label_patches() -> None:
     label = "node.kubernetes.io/exclude-from-external-load-balancers"
     assert exclude_from_lb_patch(exclude=True) == {"metadata": {"labels": {label: "True"}}}
     assert exclude_from_lb_patch(exclude=False) == {"metadata": {"labels": {label: None}}}
+
+
+@pytest.mark.parametrize("who", ["brupop", "admin", "someone-else"])
+def test_a_schedulable_node_is_cordoned_whatever_a_stale_annotation_says(who: str) -> None:
+    """Item 16 of issue 14: the agent died after its cordon, an admin ran `kubectl uncordon` (which keeps
+    annotations), the agent restarted and asks again: the node is schedulable, so brupop cordons it now."""
+    stale = node(who=who)
+    assert cordon_patch(stale) == {
+        "metadata": {"resourceVersion": "42", "annotations": {CORDON_ANNOTATION: "brupop"}},
+        "spec": {"unschedulable": True},
+    }
+    cordoned = apply(stale, cordon_patch(stale))
+    assert apply(cordoned, uncordon_patch(cordoned))["spec"]["unschedulable"] is False
+
+
+@given(
+    unschedulable=st.booleans(),
+    who=st.sampled_from([None, "brupop", "admin", "other"]),
+)
+def test_after_a_cordon_the_node_is_unschedulable_and_an_admins_cordon_is_kept(
+    unschedulable: bool, who: str | None
+) -> None:
+    start = node(unschedulable=unschedulable, who=who)
+    cordoned = apply(start, cordon_patch(start))
+    assert cordoned["spec"]["unschedulable"] is True
+    restored = apply(cordoned, uncordon_patch(cordoned))
+    # Uncordon makes the node schedulable only when brupop made it unschedulable.
+    made_by_brupop = not unschedulable or who == "brupop"
+    assert restored["spec"]["unschedulable"] is not made_by_brupop
+
+
+@pytest.mark.parametrize(
+    ("tolerations", "tolerates"),
+    [
+        ([{"operator": "Exists"}], True),
+        ([{"operator": "Exists", "effect": "NoSchedule"}], True),
+        ([{"key": "node.kubernetes.io/unschedulable", "operator": "Exists"}], True),
+        ([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}], True),  # Equal, no value
+        ([{"operator": "Exists", "effect": "NoExecute"}], False),
+        ([{"key": "node.kubernetes.io/not-ready", "operator": "Exists"}], False),
+        ([{"key": "node.kubernetes.io/unschedulable", "operator": "Equal", "value": "x"}], False),
+        ([], False),
+        (None, False),
+        (["junk"], False),
+    ],
+)
+def test_which_pods_tolerate_the_cordon(tolerations: Any, tolerates: bool) -> None:
+    assert tolerates_cordon({"spec": {"tolerations": tolerations}}) is tolerates
+
+
+def test_the_owner_of_a_pod_is_its_controller_or_itself() -> None:
+    owned = {
+        "metadata": {"name": "a", "namespace": "n", "ownerReferences": [{"controller": True, "uid": "rs"}]}
+    }
+    assert owner_key(owned) == "rs"
+    assert owner_key({"metadata": {"name": "a", "namespace": "n"}}) == "n/a"
+
+
+def status(code: int, message: str = "", reason: str = "", **details: Any) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "status": "Failure",
+        "code": code,
+        "message": message,
+        "reason": reason,
+        "details": details,
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "name", "outcome"),
+    [
+        (201, {"kind": "Status", "status": "Success"}, "Evicted", Outcome.EVICTED),
+        (200, {}, "Evicted", Outcome.EVICTED),
+        (404, status(404, 'pods "a" not found', "NotFound"), "NotFound", Outcome.GONE),
+        (
+            409,
+            status(
+                409,
+                'Operation cannot be fulfilled on Pod "a": the UID in the precondition (1) does not '
+                "match the UID in record (2). The object might have been deleted and then recreated",
+                "Conflict",
+            ),
+            "Replaced",
+            Outcome.GONE,
+        ),
+        (409, status(409, "the object has been modified", "Conflict"), "Conflict", Outcome.RETRY),
+        (
+            429,
+            status(
+                429,
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+                "TooManyRequests",
+                causes=[
+                    {
+                        "reason": "DisruptionBudget",
+                        "message": "The disruption budget web is still being processed by the server.",
+                    }
+                ],
+                retryAfterSeconds=10,
+            ),
+            "DisruptionBudget",
+            Outcome.RETRY,
+        ),
+        (
+            429,
+            status(429, "Too many requests, please try again later.", "TooManyRequests"),
+            "TooManyRequests",
+            Outcome.RETRY,
+        ),
+        (
+            403,
+            status(
+                403,
+                "unable to create new content in namespace x because it is being terminated",
+                "Forbidden",
+                causes=[{"reason": "NamespaceTerminating", "message": "namespace x is being terminated"}],
+            ),
+            "NamespaceTerminating",
+            Outcome.WAIT,
+        ),
+        (
+            403,
+            status(
+                403,
+                'poddisruptionbudgets.policy "web" is forbidden: pdb disruptions allowed is negative',
+                "Forbidden",
+                kind="poddisruptionbudget",
+                name="web",
+            ),
+            "DisruptionBudget",
+            Outcome.RETRY,
+        ),
+        (403, status(403, "cannot create resource pods/eviction", "Forbidden"), "Forbidden", Outcome.DENIED),
+        (
+            500,
+            {
+                "kind": "Status",
+                "status": "Failure",
+                "code": 500,
+                "message": "This pod has more than one PodDisruptionBudget, which the eviction subresource "
+                "does not support.",
+            },
+            "MultiplePodDisruptionBudgets",
+            Outcome.REFUSED,
+        ),
+        (500, status(500, "etcdserver: request timed out", "InternalError"), "InternalError", Outcome.RETRY),
+        (
+            504,
+            status(504, 'couldn\'t update PodDisruptionBudget "web" due to conflicts', "Timeout"),
+            "Timeout",
+            Outcome.RETRY,
+        ),
+        (503, {}, "ServerError", Outcome.RETRY),
+        (
+            400,
+            status(400, "name in URL does not match name in Eviction object", "BadRequest"),
+            "BadRequest",
+            Outcome.REFUSED,
+        ),
+        (
+            422,
+            status(422, "deleteOptions.ignoreStoreReadErrorWithClusterBreakingPotential", "Invalid"),
+            "Invalid",
+            Outcome.REFUSED,
+        ),
+        (418, {}, "HTTP418", Outcome.REFUSED),
+        (0, {"message": "no answer: POST .../eviction: connection refused"}, "Unavailable", Outcome.RETRY),
+    ],
+)
+def test_each_eviction_answer_by_its_meaning(
+    code: int, body: dict[str, Any], name: str, outcome: Outcome
+) -> None:
+    answer = read_eviction(code, body)
+    assert (answer.name, answer.outcome) == (name, outcome)
+
+
+def test_a_pdb_refusal_names_the_pdb_and_the_wait_it_asks_for() -> None:
+    body = status(
+        429,
+        "Cannot evict pod as it would violate the pod's disruption budget.",
+        "TooManyRequests",
+        causes=[
+            {
+                "reason": "DisruptionBudget",
+                "message": "The disruption budget web needs 8 healthy pods and has 8 currently",
+            }
+        ],
+        retryAfterSeconds=10,
+    )
+    answer = read_eviction(429, body)
+    assert answer.pdbs == frozenset({"web"})
+    assert answer.retry_after == 10
+    assert "needs 8 healthy pods" in answer.message
+    assert blocking_pdbs("something else") == set()

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brupop.policy.limits import Count, Percent, Unlimited, describe, from_env, parse_limit
+from brupop.policy.limits import Count, Percent, Unlimited, describe, from_env, parse_limit, tolerance
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,16 @@ def test_counts_and_unlimited_ignore_the_pool_size_and_env_values_map_over() -> 
     assert from_env(None) == Unlimited()
     assert from_env(4) == Count(4)
     assert (describe(None), describe(3)) == ("unlimited", "3")
+
+
+@pytest.mark.parametrize(
+    ("value", "total", "tolerated"),
+    [(0, 10, 0), (2, 10, 2), ("10%", 10, 1), ("10%", 5, 0), ("10%", 19, 1), ("100%", 7, 7), ("0%", 7, 0)],
+)
+def test_tolerances_round_down(value: int | str, total: int, tolerated: int) -> None:
+    assert tolerance(value, total) == tolerated
+
+
+def test_a_tolerance_is_never_unlimited() -> None:
+    with pytest.raises(ValueError, match="a tolerance is a count or a percentage"):
+        tolerance("unlimited", 3)

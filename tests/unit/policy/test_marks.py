@@ -81,7 +81,7 @@ def test_a_mark_changed_or_removed_by_someone_else_is_theirs_from_then_on() -> N
     assert after == ({"example.com/updating": "mine-now"}, {}, taints)
 
 
-def test_a_policy_that_changes_mid_cycle_updates_and_drops_only_brupops_marks() -> None:
+def test_a_policy_that_changes_mid_cycle_updates_brupops_marks_and_drops_them_at_the_end() -> None:
     during = cycle(KARPENTER, True, ({}, {}, []))
     narrower = DuringUpdate(
         labels={"example.com/updating": "yes"},
@@ -89,9 +89,19 @@ def test_a_policy_that_changes_mid_cycle_updates_and_drops_only_brupops_marks() 
     )
     labels, annotations, taints = cycle(narrower, True, during)
     assert labels == {"example.com/updating": "yes"}
-    assert "karpenter.sh/do-not-disrupt" not in annotations
+    assert annotations["karpenter.sh/do-not-disrupt"] == "true"  # no longer asked for: kept to the end
     assert taints == [{"key": "example.com/updating", "effect": "PreferNoSchedule", "value": "v2"}]
-    assert cycle(None, True, (labels, annotations, taints)) == ({}, {}, [])
+    assert cycle(narrower, False, (labels, annotations, taints)) == ({}, {}, [])
+
+
+def test_a_mark_the_policy_stops_asking_for_stays_until_the_cycle_ends() -> None:
+    """A node moved mid-cycle to a pool without marks (or whose policy dropped one) keeps the marks brupop
+    added until its cycle ends: taking do-not-disrupt off a rebooting node is what the mark is there to
+    prevent."""
+    during = cycle(KARPENTER, True, ({}, {}, []))
+    moved = cycle(None, True, during)
+    assert moved == during
+    assert cycle(None, False, moved) == ({}, {}, [])
 
 
 def test_an_unreadable_record_removes_nothing_but_itself() -> None:
@@ -168,3 +178,30 @@ def test_admin_marks_survive_any_sequence_and_the_end_leaves_only_them(
                 for t in node[2]
             )
     assert cycle(wanted, False, node) == admin
+
+
+@given(
+    labels=maps,
+    annotations=maps,
+    taints=node_taints,
+    steps=st.lists(st.tuples(st.none() | wanted_marks, st.booleans()), max_size=6),
+    last=st.none() | wanted_marks,
+)
+def test_whatever_the_policy_asks_mid_cycle_brupops_marks_stay_to_the_end_and_then_go(
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    taints: list[dict[str, Any]],
+    steps: list[tuple[DuringUpdate | None, bool]],
+    last: DuringUpdate | None,
+) -> None:
+    admin = (dict(labels), dict(annotations), [dict(t) for t in taints])
+    node = admin
+    for wanted, in_cycle in steps:
+        before = read_record(node[1])
+        node = cycle(wanted, in_cycle, node)
+        if in_cycle:  # nothing brupop added goes while the node is in its cycle
+            after = read_record(node[1])
+            assert set(after.labels) >= set(before.labels)
+            assert set(after.annotations) >= set(before.annotations)
+            assert {(t.key, t.effect) for t in after.taints} >= {(t.key, t.effect) for t in before.taints}
+    assert cycle(last, False, node) == admin

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -6,9 +7,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from brupop.models.policy import (
+    BlockedGate,
     Condition,
     ConditionStatus,
     Failure,
+    GateKind,
     Halt,
     LabelSelector,
     PolicyState,
@@ -17,11 +20,20 @@ from brupop.models.policy import (
 )
 from brupop.models.shadow import ShadowState
 from brupop.models.timestamp import Timestamp
-from brupop.policy.admission import BlackedOut, PoolPass
+from brupop.policy.admission import BlackedOut, GateBlocked, PoolPass
 from brupop.policy.budget import Budget, BudgetState
 from brupop.policy.cron import CronExpression
 from brupop.policy.limits import Count
-from brupop.policy.policy_status import SHOWN, Member, Wanted, member_state, policy_status, set_conditions
+from brupop.policy.policy_status import (
+    BLOCKED_NODES,
+    SHOWN,
+    Member,
+    Wanted,
+    blocked_gates,
+    member_state,
+    policy_status,
+    set_conditions,
+)
 from brupop.policy.pools import Overlap, Pool
 from brupop.policy.schedule import Schedule
 from brupop.policy.stuck import Stuck
@@ -235,3 +247,26 @@ def test_counts_add_up_to_the_pool(members: dict[str, Member], held: set[str]) -
         == len(members)
     )
     assert status.held == len(held & members.keys())
+
+
+def test_blocked_gates_group_the_members_by_gate_with_the_earliest_since_and_a_bounded_list() -> None:
+    early, late = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 2, tzinfo=UTC)
+    pods = GateBlocked(gate=GateKind.PODS, reason="pod ops/backup-0 matches", since=late)
+    alert = GateBlocked(gate=GateKind.PROMETHEUS, reason="alert X firing", since=late)
+    gated = {"b": alert, "a": replace(alert, since=early), "c": pods, "elsewhere": pods}
+    assert blocked_gates(gated, ["a", "b", "c", "d"]) == [
+        BlockedGate(
+            gate=GateKind.PODS, message=pods.reason, since=Timestamp.from_datetime(late), nodes=["c"]
+        ),
+        BlockedGate(
+            gate=GateKind.PROMETHEUS,
+            message=alert.reason,
+            since=Timestamp.from_datetime(early),
+            nodes=["a", "b"],
+        ),
+    ]
+    many = {f"n{i:03}": alert for i in range(BLOCKED_NODES + 5)}
+    [shown] = blocked_gates(many, many)
+    assert len(shown.nodes) == BLOCKED_NODES
+    assert status_of(blocked=[shown], verifying=2).blocked_by == [shown]
+    assert status_of(blocked=[shown], verifying=2).verifying == 2

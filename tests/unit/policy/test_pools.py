@@ -187,10 +187,37 @@ def test_a_policy_whose_selector_cannot_be_read_selects_nothing() -> None:
 
 def test_the_readme_examples_can_be_followed() -> None:
     examples = readme_examples()
-    assert sorted(examples) == ["readme-karpenter", "readme-stop-everything", "readme-workers"]
+    assert sorted(examples) == [
+        "readme-careful",
+        "readme-change-freeze",
+        "readme-karpenter",
+        "readme-quiet-cluster",
+        "readme-stop-everything",
+        "readme-verified",
+        "readme-workers",
+    ]
     for name, spec in examples.items():
         assert pool(name, spec).usable, name
     workers = pool("workers", examples["readme-workers"])
     assert workers.schedule is not None
     assert workers.schedule.kind is ScheduleKind.WINDOW
     assert len(workers.blackouts) == 2
+
+
+def test_a_pool_carries_its_policys_gates_and_verification() -> None:
+    found = pool(
+        "verified",
+        {
+            "nodeSelector": {},
+            "gates": {"cluster": {"maxUnhealthyNodes": 1}},
+            "verification": {"soak": "5m"},
+        },
+    )
+    assert found.gates is not None
+    assert found.gates.cluster is not None
+    assert found.gates.cluster.max_unhealthy_nodes == 1
+    assert found.verification is not None
+    assert found.verification.soak == "5m"
+    plain = pool("plain", {"nodeSelector": {}})
+    assert (plain.gates, plain.verification) == (None, None)
+    assert (default_pool(ENV).gates, default_pool(ENV).verification) == (None, None)

@@ -125,6 +125,28 @@ def test_midnight_wrapping_legacy_window_is_open_on_both_sides() -> None:
         assert s.is_open(NOW.replace(hour=hour, minute=59), drained_at=NOW) is open_, hour
 
 
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "0 0 3 1 3 * 2024",  # fired earlier this year
+        "0 0 23 31 12 * 2023",  # fired on New Year's Eve: its rollout may run on past midnight
+        "* * * * * * 2023",  # a window of last year
+    ],
+)
+def test_a_schedule_that_fires_no_more_is_accepted_with_a_warning(expression: str) -> None:
+    """A controller restarted after the last fire (mid-rollout of that trigger, or in the new year) must
+    still run: it finishes nodes in their cycle and resets failed ones. Refusing it (exit 2) made every
+    restart after New Year a crash loop."""
+    fired, warnings = schedule_from_settings(
+        cron_expression=expression, window_start=None, window_stop=None, timezone=None, now=NOW
+    )
+    assert fired.next_fire_after(NOW) is None
+    assert warnings == [
+        f"SCHEDULER_CRON_EXPRESSION={expression!r} fires no more after 2024-03-15T10:20:30+00:00: no update "
+        "starts unless a one-shot trigger that already fired has not drained yet; nodes in a cycle finish"
+    ]
+
+
 def test_settings_precedence() -> None:
     default, warnings = schedule_from_settings(
         cron_expression=None, window_start=None, window_stop=None, timezone=None, now=NOW
@@ -162,6 +184,14 @@ def test_settings_precedence() -> None:
         ({"window_start": "1:0:0", "window_stop": "noon"}, "UPDATE_WINDOW_STOP='noon'"),
         ({"timezone": "Mars/Olympus"}, "SCHEDULER_TIMEZONE='Mars/Olympus': not a known IANA time zone"),
         ({"timezone": "../etc"}, "SCHEDULER_TIMEZONE='../etc'"),
+        (
+            {"cron_expression": "0 0 0 30 2 * *"},
+            "SCHEDULER_CRON_EXPRESSION='0 0 0 30 2 * *': never fires (a day that no month has",
+        ),
+        (
+            {"cron_expression": "0 0 0 31 4,6,9,11 * *"},
+            "SCHEDULER_CRON_EXPRESSION='0 0 0 31 4,6,9,11 * *': never fires",
+        ),
     ],
 )
 def test_bad_settings_name_variable_value_and_what_is_accepted(kwargs: dict[str, str], message: str) -> None:

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from brupop.models.policy import LabelSelector
-from brupop.policy.selector import matches
+from brupop.policy.selector import matches, selector_text
 
 LABELS = {"pool": "web", "zone": "a"}
 
@@ -48,8 +48,22 @@ def test_match_labels_select_exactly_the_supersets(wanted: dict[str, str], label
     assert matches(selector(matchLabels=wanted), labels) == (wanted.items() <= labels.items())
 
 
-@given(key=keys, chosen=st.lists(values, min_size=1), labels=st.dictionaries(keys, values))
+@given(key=keys, chosen=st.lists(values, min_size=1, max_size=64), labels=st.dictionaries(keys, values))
 def test_in_and_not_in_are_complements(key: str, chosen: list[str], labels: dict[str, str]) -> None:
     inside = selector(matchExpressions=[{"key": key, "operator": "In", "values": chosen}])
     outside = selector(matchExpressions=[{"key": key, "operator": "NotIn", "values": chosen}])
     assert matches(inside, labels) != matches(outside, labels)
+
+
+def test_selectors_are_written_as_kubectl_takes_them() -> None:
+    written = selector(
+        matchLabels={"zone": "a", "app": "backup"},
+        matchExpressions=[
+            {"key": "tier", "operator": "In", "values": ["db", "cache"]},
+            {"key": "env", "operator": "NotIn", "values": ["dev"]},
+            {"key": "canary", "operator": "Exists"},
+            {"key": "legacy", "operator": "DoesNotExist"},
+        ],
+    )
+    assert selector_text(written) == "app=backup,zone=a,tier in (db,cache),env notin (dev),canary,!legacy"
+    assert selector_text(selector()) == "(everything)"

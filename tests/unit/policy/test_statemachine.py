@@ -4,7 +4,7 @@ import pytest
 
 from brupop.models.shadow import DEFAULT_SPEC, ShadowState
 from brupop.models.timestamp import Timestamp
-from brupop.policy.statemachine import is_active, next_spec, wants_to_start
+from brupop.policy.statemachine import is_active, next_spec, wants_update
 from tests.factories import shadow
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -32,11 +32,19 @@ def test_idle_without_an_update_resets_a_leftover_spec() -> None:
     assert next_spec(node, now=NOW, may_start=False) == DEFAULT_SPEC
 
 
-def test_crash_backoff_holds_an_idle_node() -> None:
+def test_crash_backoff_holds_an_idle_node_unless_it_was_waived() -> None:
     node = shadow("a", current="1.0.0", target="1.1.0", crashes=3, failed_at=NOW - timedelta(minutes=8))
     assert next_spec(node, now=NOW, may_start=True) == node.spec
-    assert not wants_to_start(node, now=NOW)
-    assert wants_to_start(node, now=NOW + timedelta(minutes=1))
+    assert (
+        next_spec(node, now=NOW + timedelta(minutes=1), may_start=True).state is S.STAGED_AND_PERFORMED_UPDATE
+    )
+    assert (
+        next_spec(node, now=NOW, may_start=True, backoff_waived=True).state is S.STAGED_AND_PERFORMED_UPDATE
+    )
+    assert wants_update(node)  # whatever its back-off: admission weighs it
+    assert not wants_update(shadow("b", current="1.1.0", target="1.1.0"))
+    busy = shadow("c", spec=S.STAGED_AND_PERFORMED_UPDATE, current="1.0.0", target="1.1.0")
+    assert not wants_update(busy)
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,17 @@
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brupop.models.shadow import BottlerocketShadow, ShadowState
-from brupop.models.timestamp import Timestamp
+from brupop.models.shadow import BottlerocketShadow, ShadowSpec, ShadowState
+from brupop.models.timestamp import END_OF_TIME, Timestamp
+from brupop.policy.rollout import NodeInfo, RolloutConfig, plan
 from brupop.policy.statemachine import is_active
-from brupop.policy.stuck import deadline, stuck
+from brupop.policy.stuck import DEFAULT_STUCK_AFTER, deadline, stuck
 from tests.factories import shadow
+from tests.pools import env_pools
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 S = ShadowState
@@ -68,3 +71,60 @@ def test_stuck_exactly_when_a_cycle_step_outlasts_its_limit(
     if found is not None:
         assert found.deadline <= NOW
         assert found.failure().at.instant == found.deadline
+
+
+# The per-state defaults (the controller's STUCK_AFTER_<STATE>) and how a rollout pass uses them.
+
+LABELS = {"bottlerocket.aws/updater-interface-version": "2.0.0"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "state"),
+    [
+        (S.STAGED_AND_PERFORMED_UPDATE, S.IDLE),  # the agent never staged (its pod cannot start)
+        (S.REBOOTED_INTO_UPDATE, S.STAGED_AND_PERFORMED_UPDATE),  # never back after the reboot
+        (S.MONITORING_UPDATE, S.REBOOTED_INTO_UPDATE),
+        (S.IDLE, S.MONITORING_UPDATE),
+        (S.IDLE, S.ERROR_RESET),  # a failed node that never releases its cordon
+    ],
+)
+def test_every_state_the_agent_must_reach_has_a_default_deadline(
+    spec: ShadowState, state: ShadowState
+) -> None:
+    node = stepping(spec, state, started=NOW)
+    assert deadline(node, DEFAULT_STUCK_AFTER[spec]) == NOW + DEFAULT_STUCK_AFTER[spec]
+
+
+def test_the_defaults_leave_room_for_a_whole_drain_and_reboot() -> None:
+    assert DEFAULT_STUCK_AFTER[S.REBOOTED_INTO_UPDATE] > timedelta(minutes=30 + 30)  # drain + reboot limits
+    assert set(DEFAULT_STUCK_AFTER) == {
+        S.STAGED_AND_PERFORMED_UPDATE,
+        S.REBOOTED_INTO_UPDATE,
+        S.MONITORING_UPDATE,
+        S.IDLE,
+    }
+
+
+def test_a_step_that_began_at_the_end_of_time_never_times_out_rather_than_overflowing() -> None:
+    last = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+    node = stepping(S.STAGED_AND_PERFORMED_UPDATE, S.IDLE, started=last)
+    assert deadline(node, LIMIT) == END_OF_TIME
+    assert stuck(node, node="n1", limit=LIMIT, now=END_OF_TIME - timedelta(seconds=1)) is None
+
+
+def test_a_stuck_node_is_reported_keeps_its_slot_and_the_pass_wakes_at_the_next_deadline() -> None:
+    limits = {**DEFAULT_STUCK_AFTER, S.STAGED_AND_PERFORMED_UPDATE: timedelta(minutes=10)}
+    late = stepping(S.STAGED_AND_PERFORMED_UPDATE, S.IDLE, started=NOW - timedelta(minutes=11))
+    late = replace(late, metadata={"name": "brs-late", "ownerReferences": [{"name": "late"}]})
+    soon = stepping(S.STAGED_AND_PERFORMED_UPDATE, S.IDLE, started=NOW - timedelta(minutes=4))
+    idle = shadow("idle", current="1.0.0", target="1.1.0")
+    nodes = {n: NodeInfo(name=n, uid=n, labels=LABELS) for n in ("late", "n1", "idle")}
+    shadows = [late, soon, idle]
+    pools = env_pools(shadows, nodes, limit=2, now=NOW)
+    result = plan(shadows, nodes, now=NOW, config=RolloutConfig(stuck_after=limits), pools=pools)
+    assert list(result.stuck) == ["brs-late"]
+    assert result.stuck["brs-late"].deadline == NOW - timedelta(minutes=1)
+    assert result.started == ()
+    assert result.active == 2
+    assert result.wake_at == NOW + timedelta(minutes=6)
+    assert ShadowSpec() not in result.spec_changes.values()
