@@ -9,8 +9,13 @@ node later is evicted only when it does not tolerate the cordon: then a schedule
 the cordon, and it would die in the reboot without its eviction. One that tolerates the cordon was put on
 the cordoned node on purpose (a replacement of a pod just evicted, from a workload with `tolerations:
 [{operator: Exists}]`): evicting it would only bring the next one, in a loop, so it is left running and
-reported. A workload whose late pods keep coming back anyway (a controller that sets `spec.nodeName`
-itself) gets `LATE_EVICTIONS_PER_OWNER` of them evicted, then the rest are left running and reported.
+reported. Late pods that do not tolerate the cordon are evicted however many come (a scheduler whose cache
+missed the cordon, as after a kube-apiserver restart, binds each replacement back to the node; a
+PodDisruptionBudget may cover them): an owner's first `LATE_EVICTIONS_PER_OWNER` at once, each later one
+after a back-off, so a controller that sets `spec.nodeName` itself and ignores the cordon fails the drain
+at its time limit instead of being rebooted over. Once late pods have come, the drain ends only after
+`Pace.quiet` seconds in which none came: the next may be a moment behind the last one's deletion (a
+StatefulSet makes a pod's successor only once it is gone).
 
 How fast: at most `concurrency` evictions in flight and `rate` per second overall; the same pod is tried
 again no sooner than a second later (longer with jittered back-off, or when the server asks for longer).
@@ -59,6 +64,8 @@ log = structlog.get_logger("brupop.drain")
 
 Obj = dict[str, Any]
 LATE_EVICTIONS_PER_OWNER: Final = 3
+"""Pods of one owner bound to the node after the drain began that are evicted at once; each later one
+waits a back-off (at least `Pace.min_retry`) before its eviction."""
 DISRUPTION_EXPIRY: Final = timedelta(minutes=2)
 """How long the disruption controller keeps a `disruptedPods` entry whose pod was not deleted."""
 
@@ -82,6 +89,8 @@ class Pace:
     denials_settle: float = 10.0
     """Seconds a pod's evictions must be denied (403 Forbidden) before the drain fails on it: a
     kube-apiserver that has just (re)started denies until its authorizer has caught up."""
+    quiet: float = 5.0
+    """Seconds without a pod bound to the node that a drain which saw late pods waits before it ends."""
 
 
 class PodApi(Protocol):
@@ -124,13 +133,19 @@ class DrainError(Exception):
 
 class DrainTimeoutError(DrainError):
     def __init__(
-        self, node: str, remaining: list[str], pdbs: list[str], seconds: float, answers: str
+        self, node: str, remaining: list[str], pdbs: list[str], seconds: float, answers: str, late: int
     ) -> None:
         blocked = f"; blocked by PodDisruptionBudget(s) {', '.join(pdbs)}" if pdbs else ""
         last = f"; last answers: {answers}" if answers else ""
+        bound = (
+            f"; {late} pod(s) not tolerating the cordon were bound to the node after its cordon (a scheduler "
+            "or controller that ignores it)"
+            if late
+            else ""
+        )
         super().__init__(
             f"drain of node {node} timed out after {seconds:g}s with {len(remaining)} pod(s) left: "
-            f"{', '.join(remaining)}{blocked}{last}",
+            f"{', '.join(remaining)}{blocked}{last}{bound}",
             node=node,
             remaining=remaining,
             pdbs=pdbs,
@@ -157,7 +172,7 @@ class DrainResult:
     evicted: int
     """Pods that had to leave and are gone."""
     left_running: list[str]
-    """Pods bound after the drain began that tolerate the cordon (or kept coming back), left running."""
+    """Pods bound after the drain began that tolerate the cordon, left running."""
 
 
 class _Pacer:
@@ -202,7 +217,9 @@ class _Drain:
     seen: set[str] = field(default_factory=set)
     """UIDs of every pod decided about (to evict, to leave, or kept by must_leave)."""
     late: dict[str, int] = field(default_factory=dict)
-    """Owner -> late pods evicted."""
+    """Owner -> late pods to evict."""
+    last_late: float | None = None
+    """When the latest of them came (loop time)."""
     left_running: list[str] = field(default_factory=list)
     evicted: int = 0
     refusal: EvictionRefusedError | None = None
@@ -233,27 +250,29 @@ class _Drain:
             self._leave(key, "it tolerates the cordon and was bound to the node after the drain began")
             return
         owner = owner_key(pod)
-        if self.late.get(owner, 0) >= LATE_EVICTIONS_PER_OWNER:
-            self._leave(
-                key,
-                f"{LATE_EVICTIONS_PER_OWNER} pods of its owner were already bound to the cordoned node and "
-                "evicted during this drain; evicting more would not stop them",
-            )
-            return
-        self.late[owner] = self.late.get(owner, 0) + 1
+        earlier = self.late.get(owner, 0)
+        self.late[owner] = earlier + 1
+        self.last_late = asyncio.get_running_loop().time()
         log.info("a pod was bound to the cordoned node; evicting it too", node=self.node, pod=key)
-        self._add(pod)
+        beyond = earlier - LATE_EVICTIONS_PER_OWNER
+        self._add(pod, after=0.0 if beyond < 0 else max(self.pace.min_retry, self.retry.delay(beyond)))
 
     def _leave(self, key: str, why: str) -> None:
         self.left_running.append(key)
         log.warning("pod left running on the drained node", node=self.node, pod=key, why=why)
         self.notify(Notice("LeftRunning", key, f"pod {key} is left running on node {self.node}: {why}"))
 
-    def _add(self, pod: Obj) -> None:
+    def quiet_left(self) -> float:
+        """Seconds until the node has been `Pace.quiet` without a late pod (0 when none ever came)."""
+        if self.last_late is None:
+            return 0.0
+        return max(0.0, self.last_late + self.pace.quiet - asyncio.get_running_loop().time())
+
+    def _add(self, pod: Obj, *, after: float = 0.0) -> None:
         key = pod_key(pod)
         self.targets[key] = _Target(uid=_uid(pod), pod=pod)
         if not is_terminating(pod):
-            task = asyncio.create_task(self._evict(key))
+            task = asyncio.create_task(self._evict(key, after))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -274,7 +293,8 @@ class _Drain:
             self.arrived(pod)
 
     # Evicting one pod.
-    async def _evict(self, key: str) -> None:
+    async def _evict(self, key: str, after: float) -> None:
+        await asyncio.sleep(after)
         attempt = 0
         while (target := self.targets.get(key)) is not None and not target.waiting:
             async with self.slots:
@@ -469,20 +489,24 @@ async def drain(
                 await work.done.wait()
                 if work.refusal is not None:
                     break
-                # Nothing left to wait for: a last listing finds a pod bound meanwhile that the watch has
-                # not shown yet.
-                current, _ = await api.list_pods(node)
                 work.done.clear()
+                # Nothing left to wait for: after late pods, wait until none has come for a while; then a
+                # last listing finds a pod bound meanwhile that the watch has not shown yet.
+                await asyncio.sleep(work.quiet_left())
+                current, _ = await api.list_pods(node)
                 work.forget_missing(current)
                 if not work.targets:
-                    break
+                    if not work.quiet_left():
+                        break
+                    work.done.set()  # one came meanwhile and is gone already: wait out the quiet again
     except TimeoutError:
         remaining = sorted(work.targets)
         pdbs = sorted({pdb for t in work.targets.values() if t.answer for pdb in t.answer.pdbs})
         answers = ", ".join(
             f"{key}: {target.answer.name}" for key, target in sorted(work.targets.items()) if target.answer
         )
-        raise DrainTimeoutError(node, remaining, pdbs, time_limit, answers) from None
+        late = sum(work.late.values())
+        raise DrainTimeoutError(node, remaining, pdbs, time_limit, answers, late) from None
     finally:
         for task in (watcher, *work.tasks):
             task.cancel()

@@ -21,7 +21,7 @@ from brupop.policy.drain import Eviction, read_eviction
 Obj = dict[str, Any]
 FAST = Backoff(base=0.001, cap=0.005)
 TOLERATE_ALL = [{"operator": "Exists"}]
-PACE = Pace(rate=10_000.0, min_retry=0.001, report_after=0.05, report_every=60.0, stale_after=1.0)
+PACE = Pace(rate=10_000.0, min_retry=0.001, report_after=0.05, report_every=60.0, stale_after=1.0, quiet=0.05)
 PDB_REFUSAL = {
     "kind": "Status",
     "status": "Failure",
@@ -246,7 +246,52 @@ async def test_a_replacement_that_tolerates_the_cordon_is_left_running_and_repor
     assert "tolerates the cordon" in notices[0].message
 
 
-async def test_a_controller_that_keeps_binding_pods_here_gets_three_evicted_then_left() -> None:
+async def test_a_scheduler_that_keeps_binding_here_has_every_late_pod_evicted_none_left() -> None:
+    """Chaos seed 279 (issue 15): after a kube-apiserver restart the scheduler's stale cache went on binding
+    the evicted pods' replacements to the cordoned node. Each one would die in the reboot without its
+    eviction (a PDB-protected one among them), so each is evicted, however many come, until they stop."""
+
+    class StaleScheduler(Pods):
+        made = 0
+
+        def replaced(self, gone: Obj) -> None:
+            if self.made < 6:
+                self.made += 1
+                self.bind(pod(f"bound-{self.made}", owner_uid="rs-loop"))
+
+    api = StaleScheduler([pod("bound-0", owner_uid="rs-loop")])
+    notices: list[Notice] = []
+    result = await run(api, notices=notices)
+    assert api.evictions == [f"bound-{i}" for i in range(7)]
+    assert (result.evicted, result.left_running, api.pods) == (7, [], {})
+    assert not [n for n in notices if n.reason == "LeftRunning"]
+
+
+async def test_a_pod_bound_just_after_the_last_one_went_is_evicted_before_the_drain_ends() -> None:
+    """Seed 279 again: the StatefulSet's new web-1 was bound to the cordoned node a moment after the drain's
+    last look, and the host rebooted over it. Once pods have been bound to the node during the drain, the
+    drain ends only after `Pace.quiet` seconds with none bound."""
+
+    class SlowStatefulSet(Pods):
+        def replaced(self, gone: Obj) -> None:
+            if gone["metadata"]["name"] == "a":  # the scheduler had not seen the cordon
+                self.bind(pod("late", owner_uid="rs-2"))
+            elif gone["metadata"]["name"] == "web-1" and gone["metadata"]["uid"] == "uid-web-1":
+                asyncio.get_running_loop().call_later(
+                    0.05, self.bind, pod("web-1", uid="uid-web-1-new", owner="StatefulSet", owner_uid="ss")
+                )
+
+    api = SlowStatefulSet([pod("a"), pod("web-1", owner="StatefulSet", owner_uid="ss")])
+    result = await drain(api, "n", time_limit=5, pace=replace(PACE, quiet=0.3), backoff=FAST)
+    assert sorted(api.evictions) == ["a", "late", "web-1", "web-1"]
+    assert (result.evicted, result.left_running, api.pods) == (4, [], {})
+
+
+async def test_a_controller_that_never_stops_binding_here_fails_the_drain_paced_and_named() -> None:
+    """A controller that sets `spec.nodeName` itself and ignores the cordon: no reboot over its pods. The
+    drain keeps evicting them, each owner's later ones after a back-off, and fails at its time limit saying
+    why, so the node is uncordoned and tried again later."""
+
     class NodeNameController(Pods):
         made = 0
 
@@ -255,11 +300,14 @@ async def test_a_controller_that_keeps_binding_pods_here_gets_three_evicted_then
             self.bind(pod(f"bound-{self.made}", owner_uid="rs-loop"))
 
     api = NodeNameController([pod("bound-0", owner_uid="rs-loop")])
-    notices: list[Notice] = []
-    result = await run(api, time_limit=2, notices=notices)
-    assert api.evictions == ["bound-0", "bound-1", "bound-2", "bound-3"]
-    assert result.left_running == ["default/bound-4"]
-    assert "3 pods of its owner" in notices[-1].message
+    pace = replace(PACE, min_retry=0.1)
+    with pytest.raises(DrainTimeoutError) as info:
+        await drain(api, "n", time_limit=0.6, pace=pace, backoff=FAST)
+    assert "were bound to the node after its cordon" in str(info.value)
+    assert info.value.remaining == [f"default/bound-{api.made}"]
+    # The first three late pods go at once; from the fourth on, one per `min_retry` at most.
+    assert len(api.eviction_times) > 5
+    assert min(b - a for a, b in itertools.pairwise(api.eviction_times[3:])) >= 0.1 - 0.001
 
 
 async def test_evictions_are_paced_overall_and_per_pod() -> None:
