@@ -114,13 +114,13 @@ class Memory:
     async def write_policy_status(self, policy: Mapping[str, Any], status: UpdatePolicyStatus) -> bool:
         return True
 
-    async def record_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None:
+    def record_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None:
         return None
 
-    async def record_node_event(self, node: str, *, reason: str, message: str, warning: bool = True) -> None:
+    def record_node_event(self, node: str, *, reason: str, message: str, warning: bool = True) -> None:
         return None
 
-    async def record_policy_event(
+    def record_policy_event(
         self, name: str, *, reason: str, message: str, warning: bool = False
     ) -> None:
         return None

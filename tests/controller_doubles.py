@@ -89,15 +89,13 @@ class Fleet:
         self.policy_objects[name] = {**self.policy_objects[name], "status": status.to_wire()}
         return True
 
-    async def record_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None:
+    def record_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None:
         self.events.append((name, reason, warning))
 
-    async def record_node_event(self, node: str, *, reason: str, message: str, warning: bool = True) -> None:
+    def record_node_event(self, node: str, *, reason: str, message: str, warning: bool = True) -> None:
         self.node_events.append((node, reason))
 
-    async def record_policy_event(
-        self, name: str, *, reason: str, message: str, warning: bool = False
-    ) -> None:
+    def record_policy_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None:
         self.policy_events.append((name, reason, warning))
 
 

@@ -23,15 +23,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 from brupop.controller.reconciler import UnreadableShadow
-from brupop.kube.client import EVENTS, LEASES, NODES, POLICIES, SHADOWS, ApiError, KubeClient
+from brupop.kube.client import LEASES, NODES, POLICIES, SHADOWS, ApiError, KubeClient
+from brupop.kube.events import EventRecorder, Regarding
 from brupop.kube.informer import Informer, OptionalResource
-from brupop.kube.leader import LeaderElector, LeaseConflictError, NotLeadingError, micro_time
+from brupop.kube.leader import LeaderElector, LeaseConflictError, NotLeadingError
 from brupop.models.constants import (
     API_GROUP,
     API_VERSION_POLICY,
@@ -58,11 +59,6 @@ from brupop.policy.rollout import NodeInfo, node_name_of
 log = structlog.get_logger("brupop.controller")
 Obj = dict[str, Any]
 REPORTER = "brupop.bottlerocket.aws/controller"
-NODE_EVENTS_NAMESPACE = "default"
-"""Where Events about Nodes and UpdatePolicies go (they are cluster-scoped; the kubelet files its own there
-too)."""
-EVENT_TIMEOUT = 5.0
-"""Seconds an Event may take to record, retries included."""
 DRAINED_AT_ANNOTATION = "brupop.bottlerocket.aws/schedule-drained-at"
 """On the leader Lease: when the environment's one-shot schedule last drained (RFC 3339), for every later
 leader."""
@@ -167,8 +163,9 @@ class ClusterFleet:
     ) -> None:
         self._kube = kube
         self._namespace = namespace
-        self._instance = instance
         self._fence = fence
+        self.events = EventRecorder(kube, controller=REPORTER, instance=instance)
+        """Events are queued and sent by `events.run()`: a pass never waits for one."""
         self.shadow_informer = Informer(
             kube.list_watch(SHADOWS, namespace=namespace, transform=trim_shadow),
             name="shadows",
@@ -303,55 +300,20 @@ class ClusterFleet:
             self.policy_informer.assume(written)
         return written is not None
 
-    async def record_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None:
-        obj = self.shadow_informer.get(f"{self._namespace}/{name}") or {"metadata": {"name": name}}
-        regarding = {
-            "apiVersion": API_VERSION_V2,
-            "kind": KIND,
-            "name": name,
-            "namespace": self._namespace,
-            "uid": obj["metadata"].get("uid"),
-        }
-        await self._event(self._namespace, regarding, reason=reason, message=message, warning=warning)
+    def record_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None:
+        uid = (self.shadow_informer.get(f"{self._namespace}/{name}") or {}).get("metadata", {}).get("uid")
+        regarding = Regarding(API_VERSION_V2, KIND, name, uid, self._namespace)
+        self.events.record(regarding, reason=reason, note=message, warning=warning)
 
-    async def record_node_event(self, node: str, *, reason: str, message: str, warning: bool = True) -> None:
+    def record_node_event(self, node: str, *, reason: str, message: str, warning: bool = True) -> None:
         info = (self.node_informer.get(node) or {}).get(PARSED)
-        regarding = {"apiVersion": "v1", "kind": "Node", "name": node, "uid": info.uid if info else None}
-        await self._event(NODE_EVENTS_NAMESPACE, regarding, reason=reason, message=message, warning=warning)
+        regarding = Regarding.node(node, info.uid if info else None)
+        self.events.record(regarding, reason=reason, note=message, warning=warning)
 
-    async def record_policy_event(
-        self, name: str, *, reason: str, message: str, warning: bool = False
-    ) -> None:
-        meta = (self.policy_informer.get(name) or {}).get("metadata") or {}
-        regarding = {
-            "apiVersion": API_VERSION_POLICY,
-            "kind": POLICY_KIND,
-            "name": name,
-            "uid": meta.get("uid"),
-        }
-        await self._event(NODE_EVENTS_NAMESPACE, regarding, reason=reason, message=message, warning=warning)
-
-    async def _event(
-        self, namespace: str, regarding: Obj, *, reason: str, message: str, warning: bool
-    ) -> None:
-        event = {
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{regarding['name']}-", "namespace": namespace},
-            "eventTime": micro_time(datetime.now(UTC)),
-            "reportingController": REPORTER,
-            "reportingInstance": self._instance,
-            "action": reason,
-            "reason": reason,
-            "note": message,
-            "type": "Warning" if warning else "Normal",
-            "regarding": regarding,
-        }
-        try:
-            async with asyncio.timeout(EVENT_TIMEOUT):  # best effort: never hold a pass for long
-                await self._kube.create(EVENTS, event, namespace=namespace)
-        except (ApiError, TimeoutError) as err:
-            log.warning("event not recorded", regarding=regarding["name"], reason=reason, error=str(err))
+    def record_policy_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None:
+        uid = ((self.policy_informer.get(name) or {}).get("metadata") or {}).get("uid")
+        regarding = Regarding(API_VERSION_POLICY, POLICY_KIND, name, uid)
+        self.events.record(regarding, reason=reason, note=message, warning=warning)
 
 
 class ClusterLeaseStore:

@@ -89,6 +89,7 @@ async def run(
         )
         background = [asyncio.create_task(i.run()) for i in informers]
         background.append(asyncio.create_task(notifier.run()))
+        background.append(asyncio.create_task(fleet.events.run()))
         campaign = asyncio.create_task(elector.run())
         try:
             while not stop.is_set() and await _until(elector.leading.wait(), stop=stop):

@@ -112,13 +112,9 @@ class FleetWriter(Protocol):
     async def delete_shadow(self, shadow: BottlerocketShadow) -> bool: ...
     async def write_node(self, node: str, *, in_cycle: bool | None, marks: MarksChange) -> bool: ...
     async def write_policy_status(self, policy: Mapping[str, Any], status: UpdatePolicyStatus) -> bool: ...
-    async def record_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None: ...
-    async def record_node_event(
-        self, node: str, *, reason: str, message: str, warning: bool = True
-    ) -> None: ...
-    async def record_policy_event(
-        self, name: str, *, reason: str, message: str, warning: bool = False
-    ) -> None: ...
+    def record_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None: ...
+    def record_node_event(self, node: str, *, reason: str, message: str, warning: bool = True) -> None: ...
+    def record_policy_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None: ...
 
 
 class Leadership(Protocol):
@@ -407,19 +403,15 @@ class Reconciler:
                 "a failed update for the policy's failure budget"
             )
             log.error("verification failed", shadow=shadow.name, reason=decision.record.reason)
-            await self._writer.record_event(
-                shadow.name, reason="VerificationFailed", message=message, warning=True
-            )
-            await self._writer.record_node_event(node, reason="VerificationFailed", message=message)
+            self._writer.record_event(shadow.name, reason="VerificationFailed", message=message, warning=True)
+            self._writer.record_node_event(node, reason="VerificationFailed", message=message)
 
     async def _report_gates(self, assessed: Assessment) -> None:
         """A gate that began blocking nodes of a policy's pool: an Event on the policy (once per block)."""
         for began in assessed.began:
             log.info("a health gate blocks", policy=began.pool, gate=str(began.gate), reason=began.reason)
             if began.pool in self._book.objects():
-                await self._writer.record_policy_event(
-                    began.pool, reason="GateBlocked", message=began.message()
-                )
+                self._writer.record_policy_event(began.pool, reason="GateBlocked", message=began.message())
 
     async def _write_statuses(self, reports: Mapping[str, PoolReport]) -> bool:
         """Each policy's status, when it changed (one write per policy per pass); whether one failed. A
@@ -434,20 +426,20 @@ class Reconciler:
     async def _announce(self, old: BottlerocketShadow, spec: ShadowSpec, *, started: bool) -> None:
         status = old.status
         if started:
-            await self._writer.record_event(
+            self._writer.record_event(
                 old.name,
                 reason="UpdateStarted",
                 message=f"updating from {status.current_version if status else '?'} to {spec.version}",
             )
         elif status is not None and status.current_state is ShadowState.ERROR_RESET and is_active(old):
-            await self._writer.record_event(
+            self._writer.record_event(
                 old.name,
                 reason="UpdateFailed",
                 message=f"update to {old.spec.version} failed (crash count {status.crash_count})",
                 warning=True,
             )
         elif spec.state is not old.spec.state and spec.state is not ShadowState.IDLE:
-            await self._writer.record_event(
+            self._writer.record_event(
                 old.name, reason="TargetState", message=f"target state {spec.state.value} ({spec.version})"
             )
 
@@ -459,13 +451,13 @@ class Reconciler:
             was, now = _halt(before.get(name)), after[name].halt
             if was is None and now is not None:
                 log.error("policy halted by its failure budget", policy=name, nodes=now.failed_nodes)
-                await self._writer.record_policy_event(
+                self._writer.record_policy_event(
                     name, reason="PolicyHalted", message=now.message, warning=True
                 )
             elif was is not None and now is None:
                 log.info("policy resumed", policy=name)
                 message = f"resumed: the halt of {was.since.text} ({', '.join(was.failed_nodes)}) is cleared"
-                await self._writer.record_policy_event(name, reason="PolicyResumed", message=message)
+                self._writer.record_policy_event(name, reason="PolicyResumed", message=message)
 
     async def _report_invalid(self, assignment: Assignment) -> None:
         """A policy the controller cannot follow: a Warning Event on it once per problem."""
@@ -480,9 +472,7 @@ class Reconciler:
                     "a policy cannot be followed; its pool starts nothing", policy=name, problems=key[1]
                 )
                 message = f"cannot be followed, so its pool starts nothing: {key[1]}"
-                await self._writer.record_policy_event(
-                    name, reason="PolicyInvalid", message=message, warning=True
-                )
+                self._writer.record_policy_event(name, reason="PolicyInvalid", message=message, warning=True)
         self._reported_invalid = seen
 
     async def _report_held(self, decided: Plan, shadows: Sequence[BottlerocketShadow]) -> None:
@@ -497,7 +487,7 @@ class Reconciler:
                 seen.add(key)
                 if key not in self._reported_held:
                     log.info("node held out of its update", node=node, reason=reason.reason)
-                    await self._writer.record_node_event(
+                    self._writer.record_node_event(
                         node, reason="NodeHeld", message=reason.message(), warning=False
                     )
         self._reported_held = seen
@@ -512,7 +502,7 @@ class Reconciler:
                 shadow=bad.name,
                 error=bad.error,
             )
-            await self._writer.record_event(
+            self._writer.record_event(
                 bad.name,
                 reason="InvalidShadow",
                 message=f"cannot be read, so the node counts as updating until this is fixed: {bad.error}",
@@ -538,8 +528,8 @@ class Reconciler:
                 "see the README's 'A node is stuck'"
             )
             log.error("node stuck mid-cycle", shadow=name, wanted=state, current=current)
-            await self._writer.record_event(name, reason="UpdateStuck", message=message, warning=True)
-            await self._writer.record_node_event(report.node, reason="UpdateStuck", message=message)
+            self._writer.record_event(name, reason="UpdateStuck", message=message, warning=True)
+            self._writer.record_node_event(report.node, reason="UpdateStuck", message=message)
         self._reported_stuck = seen
 
 

@@ -124,6 +124,7 @@ async def controller(
             )
         )
         tasks = [asyncio.create_task(informer.run()) for informer in fleet.informers]
+        tasks.append(asyncio.create_task(fleet.events.run()))
         await eventually(lambda: _synced(fleet), within=30, what="the controller's caches to sync")
         if loop:
             tasks.append(asyncio.create_task(reconciler[0].run()))

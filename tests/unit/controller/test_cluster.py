@@ -1,15 +1,24 @@
 """The controller's writes on a faked Kubernetes API (respx): fenced, preconditioned, and never raising."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import respx
 
-from brupop.controller.cluster import ClusterFleet, LeaseLeadership, trim_node, trim_policy, trim_shadow
+from brupop.controller.cluster import (
+    REPORTER,
+    ClusterFleet,
+    LeaseLeadership,
+    trim_node,
+    trim_policy,
+    trim_shadow,
+)
 from brupop.controller.reconciler import UnreadableShadow
 from brupop.kube.client import KubeClient, Retries
 from brupop.kube.config import KubeConfig
@@ -187,22 +196,68 @@ async def test_a_policy_status_goes_through_its_subresource_preconditioned(kube:
     assert await writer.write_policy_status(policy, status)  # deleted meanwhile: nothing left to write
 
 
+CREATED = httpx.Response(201, json={})
+
+
+async def _sent(
+    writer: ClusterFleet, route: respx.Route, answers: list[httpx.Response | Exception]
+) -> list[dict[str, Any]]:
+    """Run the writer's Event sender while `route` gives `answers`, one per request; the bodies sent."""
+    bodies: list[dict[str, Any]] = []
+    answered = asyncio.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        reply = answers[len(bodies) - 1]
+        if len(bodies) == len(answers):
+            answered.set()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    route.side_effect = answer
+    sender = asyncio.create_task(writer.events.run())
+    try:
+        await asyncio.wait_for(answered.wait(), timeout=10)
+    finally:
+        sender.cancel()
+    return bodies
+
+
 @respx.mock
 async def test_events_about_a_policy_name_it_in_the_default_namespace(kube: KubeClient) -> None:
-    route = respx.post(f"{SERVER}/apis/events.k8s.io/v1/namespaces/default/events").mock(
-        return_value=httpx.Response(201, json={})
-    )
+    route = respx.post(f"{SERVER}/api/v1/namespaces/default/events")
     writer = fleet(kube)
     writer.policy_informer.assume({"metadata": {"name": "web", "uid": "p-1", "resourceVersion": "1"}})
-    await writer.record_policy_event("web", reason="PolicyHalted", message="spent", warning=True)
-    event = json.loads(route.calls[0].request.content)
-    assert event["regarding"] == {
+    writer.record_policy_event("web", reason="PolicyHalted", message="spent", warning=True)
+    assert route.call_count == 0  # queued: the pass that told it goes on at once
+    (event,) = await _sent(writer, route, [CREATED])
+    assert event["involvedObject"] == {
         "apiVersion": "brupop.bottlerocket.aws/v1alpha1",
         "kind": "UpdatePolicy",
         "name": "web",
         "uid": "p-1",
     }
-    assert (event["reason"], event["type"], event["note"]) == ("PolicyHalted", "Warning", "spent")
+    assert (event["reason"], event["type"], event["message"]) == ("PolicyHalted", "Warning", "spent")
+    assert (event["reportingComponent"], event["reportingInstance"]) == (REPORTER, "me")
+
+
+@respx.mock
+async def test_an_event_about_a_shadow_names_it_in_its_namespace(kube: KubeClient) -> None:
+    route = respx.post(f"{SERVER}/api/v1/namespaces/ns/events").mock(
+        return_value=httpx.Response(201, json={})
+    )
+    writer = fleet(kube)
+    writer.shadow_informer.assume(
+        {"metadata": {"name": "brs-n", "namespace": "ns", "uid": "s-1", "resourceVersion": "1"}}
+    )
+    writer.record_event("brs-n", reason="UpdateStarted", message="updating from 1.0.0 to 1.1.0")
+    (event,) = await _sent(writer, route, [CREATED])
+    assert event["involvedObject"]["uid"] == "s-1"
+    assert (event["involvedObject"]["kind"], event["involvedObject"]["namespace"]) == (
+        "BottlerocketShadow",
+        "ns",
+    )
 
 
 def test_an_unreadable_shadow_is_kept_as_such_whatever_is_wrong_with_it() -> None:
@@ -253,11 +308,13 @@ def test_nodes_keep_the_labels_and_the_cordon_bookkeeping_decisions_read() -> No
 
 @respx.mock
 async def test_an_event_that_cannot_be_recorded_is_dropped(kube: KubeClient) -> None:
-    route = respx.post(f"{SERVER}/apis/events.k8s.io/v1/namespaces/default/events").mock(
-        side_effect=httpx.ConnectError("connection refused")
-    )
-    await fleet(kube).record_node_event("n", reason="UpdateStuck", message="stuck")
-    assert route.call_count == 3
+    route = respx.post(f"{SERVER}/api/v1/namespaces/default/events")
+    writer = fleet(kube)
+    writer.record_node_event("n", reason="UpdateStuck", message="stuck")
+    writer.record_node_event("m", reason="UpdateStuck", message="stuck")
+    refused: list[httpx.Response | Exception] = [httpx.ConnectError("connection refused")] * 3
+    bodies = await _sent(writer, route, [*refused, CREATED])  # three tries of the first, then the next
+    assert [b["involvedObject"]["name"] for b in bodies] == ["n", "n", "n", "m"]
 
 
 def test_a_shadow_keeps_the_annotations_decisions_read_and_nothing_else() -> None:
