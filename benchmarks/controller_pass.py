@@ -120,9 +120,7 @@ class Memory:
     def record_node_event(self, node: str, *, reason: str, message: str, warning: bool = True) -> None:
         return None
 
-    def record_policy_event(
-        self, name: str, *, reason: str, message: str, warning: bool = False
-    ) -> None:
+    def record_policy_event(self, name: str, *, reason: str, message: str, warning: bool = False) -> None:
         return None
 
 
