@@ -760,6 +760,64 @@ async def test_a_replacement_that_tolerates_the_cordon_does_not_make_the_drain_l
     await kube.delete(DEPLOYMENTS, "tolweb", namespace="default")
 
 
+async def _bind_pending(
+    kube: KubeClient, app: str, node: str, *, count: int, stop: asyncio.Event
+) -> list[str]:
+    """A kube-scheduler whose cache missed the cordon (chaos seed 279): bind each Pending pod of `app` to
+    `node` through the Binding API, as the scheduler does, `count` of them or until `stop`. The pods bound."""
+    bound: list[str] = []
+    while len(bound) < count and not stop.is_set():
+        for pod in await pods_on(kube, "default", f"app={app}"):
+            name = pod["metadata"]["name"]
+            if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp") or stop.is_set():
+                continue
+            binding = {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": name},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            }
+            with contextlib.suppress(ApiError):  # deleted or bound meanwhile
+                await kube.request("POST", f"/api/v1/namespaces/default/pods/{name}/binding", body=binding)
+                bound.append(name)
+        with contextlib.suppress(TimeoutError):  # a scheduler's pace: it binds what was made since
+            await asyncio.wait_for(stop.wait(), timeout=0.1)
+    return bound
+
+
+@pytest.mark.integration
+async def test_pods_bound_to_the_cordoned_node_during_the_drain_are_all_evicted_before_it_ends(
+    cluster: ClusterState, kube: KubeClient
+) -> None:
+    """Chaos seed 279 (issue 15): after a kube-apiserver restart the scheduler kept binding the evicted pods'
+    replacements to the cordoned node. The drain evicted three per owner, then left the rest and answered
+    success, and the host rebooted over them. Now the drain evicts each one and answers only once none has
+    come for a while, with no pod of the workload left on the node."""
+    await prepare(kube)
+    await install_rbac(kube)
+    await install_agents(kube)
+    (node,) = await create_nodes(kube, ["stale-a"], labels=BRUPOP_LABELS)
+    await kube.create(DEPLOYMENTS, pinned("staleweb", 2, "stale-a"), namespace="default")
+    await eventually(lambda: _count(kube, "app=staleweb", 2), within=60, what="2 staleweb pods running")
+    token = await agent_token(kube, await agent_pod(kube, "stale-a"))
+    answered = asyncio.Event()
+    async with brupop_apiserver(cluster, kube, drain_seconds=60) as server, server.client() as http:
+        stale = asyncio.create_task(_bind_pending(kube, "staleweb", "stale-a", count=6, stop=answered))
+        answer = await http.post("/bottlerocket-node-resource/cordon-and-drain", headers=headers(node, token))
+        answered.set()
+        bound = await stale
+        assert answer.status_code == 200, answer.text
+        assert len(bound) == 6, bound  # more than the three per owner the old drain evicted, before it ended
+        left = [
+            p["metadata"]["name"]
+            for p in await pods_on(kube, "default", "app=staleweb")
+            if p["spec"].get("nodeName") == "stale-a" and not p["metadata"].get("deletionTimestamp")
+        ]
+        assert left == [], f"the drain answered with pods on the node it never evicted: {left}"
+        assert await _metric(http, "brupop_apiserver_drain_notices_total", reason="LeftRunning") == 0
+    await kube.delete(DEPLOYMENTS, "staleweb", namespace="default")
+
+
 async def _has_event(kube: KubeClient, node: str, reason: str) -> bool:
     return reason in {e["reason"] for e in await _node_events(kube, node)}
 
