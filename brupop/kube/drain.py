@@ -13,9 +13,14 @@ reported. Late pods that do not tolerate the cordon are evicted however many com
 missed the cordon, as after a kube-apiserver restart, binds each replacement back to the node; a
 PodDisruptionBudget may cover them): an owner's first `LATE_EVICTIONS_PER_OWNER` at once, each later one
 after a back-off, so a controller that sets `spec.nodeName` itself and ignores the cordon fails the drain
-at its time limit instead of being rebooted over. Once late pods have come, the drain ends only after
-`Pace.quiet` seconds in which none came: the next may be a moment behind the last one's deletion (a
-StatefulSet makes a pod's successor only once it is gone).
+at its time limit instead of being rebooted over. Once late pods have come, or when a StatefulSet's pod
+has gone, the drain ends only after `Pace.quiet` seconds in which no late pod came and no pod went: the
+next may be a moment behind the last one's deletion (a StatefulSet makes a pod's successor, under the same
+name, only once it is gone).
+
+A pod is decided about once (by UID), however often the watch and the listings show it, except when a
+listing misses a pod the drain waits for: the listing may be older than the watch's news, so the pod is
+decided about again if it shows up once more.
 
 How fast: at most `concurrency` evictions in flight and `rate` per second overall; the same pod is tried
 again no sooner than a second later (longer with jittered back-off, or when the server asks for longer).
@@ -66,6 +71,7 @@ Obj = dict[str, Any]
 LATE_EVICTIONS_PER_OWNER: Final = 3
 """Pods of one owner bound to the node after the drain began that are evicted at once; each later one
 waits a back-off (at least `Pace.min_retry`) before its eviction."""
+QUIET_WHAT: Final = "the node to be quiet (no pod bound to it or gone from it for a while)"
 DISRUPTION_EXPIRY: Final = timedelta(minutes=2)
 """How long the disruption controller keeps a `disruptedPods` entry whose pod was not deleted."""
 
@@ -143,9 +149,13 @@ class DrainTimeoutError(DrainError):
             if late
             else ""
         )
+        left = (
+            f"with {len(remaining)} pod(s) left: {', '.join(remaining)}"
+            if remaining
+            else f"waiting for {QUIET_WHAT}"
+        )
         super().__init__(
-            f"drain of node {node} timed out after {seconds:g}s with {len(remaining)} pod(s) left: "
-            f"{', '.join(remaining)}{blocked}{last}{bound}",
+            f"drain of node {node} timed out after {seconds:g}s {left}{blocked}{last}{bound}",
             node=node,
             remaining=remaining,
             pdbs=pdbs,
@@ -218,10 +228,12 @@ class _Drain:
     """UIDs of every pod decided about (to evict, to leave, or kept by must_leave)."""
     late: dict[str, int] = field(default_factory=dict)
     """Owner -> late pods to evict."""
-    last_late: float | None = None
-    """When the latest of them came (loop time)."""
+    stirred: float | None = None
+    """When a late pod last came, or a pod went after one had come (or a StatefulSet's pod went): loop
+    time; the drain ends no sooner than `Pace.quiet` after it."""
     left_running: list[str] = field(default_factory=list)
-    evicted: int = 0
+    departed: set[str] = field(default_factory=set)
+    """UIDs of the pods that had to leave and are gone."""
     refusal: EvictionRefusedError | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -252,7 +264,7 @@ class _Drain:
         owner = owner_key(pod)
         earlier = self.late.get(owner, 0)
         self.late[owner] = earlier + 1
-        self.last_late = asyncio.get_running_loop().time()
+        self._stir()
         log.info("a pod was bound to the cordoned node; evicting it too", node=self.node, pod=key)
         beyond = earlier - LATE_EVICTIONS_PER_OWNER
         self._add(pod, after=0.0 if beyond < 0 else max(self.pace.min_retry, self.retry.delay(beyond)))
@@ -262,17 +274,21 @@ class _Drain:
         log.warning("pod left running on the drained node", node=self.node, pod=key, why=why)
         self.notify(Notice("LeftRunning", key, f"pod {key} is left running on node {self.node}: {why}"))
 
+    def _stir(self) -> None:
+        self.stirred = asyncio.get_running_loop().time()
+
     def quiet_left(self) -> float:
-        """Seconds until the node has been `Pace.quiet` without a late pod (0 when none ever came)."""
-        if self.last_late is None:
+        """Seconds until the node has been quiet for `Pace.quiet` (see `stirred`; 0 when it never stirred)."""
+        if self.stirred is None:
             return 0.0
-        return max(0.0, self.last_late + self.pace.quiet - asyncio.get_running_loop().time())
+        return max(0.0, self.stirred + self.pace.quiet - asyncio.get_running_loop().time())
 
     def _add(self, pod: Obj, *, after: float = 0.0) -> None:
-        key = pod_key(pod)
-        self.targets[key] = _Target(uid=_uid(pod), pod=pod)
+        key, uid = pod_key(pod), _uid(pod)
+        self.targets[key] = _Target(uid=uid, pod=pod)
+        self.departed.discard(uid)
         if not is_terminating(pod):
-            task = asyncio.create_task(self._evict(key, after))
+            task = asyncio.create_task(self._evict(key, uid, after))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -280,7 +296,9 @@ class _Drain:
         target = self.targets.get(key)
         if target is not None and (uid is None or target.uid == uid):
             del self.targets[key]
-            self.evicted += 1
+            self.departed.add(target.uid)
+            if self.late or _successor_follows(target.pod):
+                self._stir()
         if not self.targets:
             self.done.set()
 
@@ -289,14 +307,16 @@ class _Drain:
         for key, target in list(self.targets.items()):
             if present.get(key) != target.uid:
                 self.gone(key)
+                self.seen.discard(target.uid)  # the listing may be older than the watch: decide again
         for pod in current:
             self.arrived(pod)
 
     # Evicting one pod.
-    async def _evict(self, key: str, after: float) -> None:
+    async def _evict(self, key: str, uid: str, after: float) -> None:
+        """Evict the pod `key` with `uid` until it is gone (a pod replaced under its name is another's)."""
         await asyncio.sleep(after)
         attempt = 0
-        while (target := self.targets.get(key)) is not None and not target.waiting:
+        while (target := self.targets.get(key)) is not None and target.uid == uid and not target.waiting:
             async with self.slots:
                 await self.pacer.wait()
                 meta = target.pod["metadata"]
@@ -318,7 +338,7 @@ class _Drain:
                 target.refused_since = None
                 return None  # the watch sees the pod go
             case Outcome.GONE:
-                self.gone(key)
+                self.gone(key, target.uid)
                 return None
             case Outcome.WAIT:
                 target.waiting = True
@@ -444,6 +464,14 @@ class _Drain:
                     self.forget_missing(current)
 
 
+def _successor_follows(pod: Mapping[str, Any]) -> bool:
+    """A StatefulSet's pod: its successor, under its name, is made only once it is gone."""
+    return any(
+        owner.get("controller") is True and owner.get("kind") == "StatefulSet"
+        for owner in (pod.get("metadata") or {}).get("ownerReferences") or ()
+    )
+
+
 def _uid(pod: Mapping[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("uid", ""))
 
@@ -490,8 +518,8 @@ async def drain(
                 if work.refusal is not None:
                     break
                 work.done.clear()
-                # Nothing left to wait for: after late pods, wait until none has come for a while; then a
-                # last listing finds a pod bound meanwhile that the watch has not shown yet.
+                # Nothing left to wait for: once the node is quiet (`_Drain.stirred`), a last listing finds a
+                # pod bound meanwhile that the watch has not shown yet.
                 await asyncio.sleep(work.quiet_left())
                 current, _ = await api.list_pods(node)
                 work.forget_missing(current)
@@ -513,5 +541,6 @@ async def drain(
         await asyncio.gather(watcher, *work.tasks, return_exceptions=True)
     if work.refusal is not None:
         raise work.refusal
-    log.info("drained", node=node, pods=work.evicted, left_running=work.left_running)
-    return DrainResult(evicted=work.evicted, left_running=work.left_running)
+    evicted = len(work.departed)
+    log.info("drained", node=node, pods=evicted, left_running=work.left_running)
+    return DrainResult(evicted=evicted, left_running=work.left_running)

@@ -458,3 +458,105 @@ async def test_a_fresh_disruption_entry_is_no_stale_one() -> None:
 
 async def test_an_empty_node_drains_at_once() -> None:
     assert (await run(Pods([pod("ds", owner="DaemonSet")]))).evicted == 0
+
+
+REPLACED = read_eviction(
+    409, {"message": "Precondition failed: UID in precondition: uid-web-1, UID in object"}
+)
+
+
+async def test_the_quiet_counts_from_a_late_pods_departure_not_its_arrival() -> None:
+    """Seed 279's shape, found by review: a late StatefulSet pod web-1, held by its PDB longer than
+    `Pace.quiet`; its successor is bound a moment after it goes. Counted from web-1's arrival, the quiet
+    had run out by then and the drain ended over the new web-1."""
+
+    class StaleScheduler(Pods):
+        bound_at = 0.0
+
+        def replaced(self, gone: Obj) -> None:
+            loop = asyncio.get_running_loop()
+            if gone["metadata"]["name"] == "a":
+                self.bound_at = loop.time()
+                self.bind(pod("web-1", owner="StatefulSet", owner_uid="ss"))
+            elif gone["metadata"]["uid"] == "uid-web-1":
+                successor = pod("web-1", uid="web-1-b", owner="StatefulSet", owner_uid="ss")
+                loop.call_later(0.05, self.bind, successor)
+
+        async def evict(self, namespace: str, name: str, uid: str) -> Eviction:
+            if uid == "uid-web-1" and asyncio.get_running_loop().time() - self.bound_at < 0.5:
+                self.evictions.append(name)
+                return BLOCKED
+            return await super().evict(namespace, name, uid)
+
+    api = StaleScheduler([pod("a")])
+    result = await drain(api, "n", time_limit=5, pace=replace(PACE, quiet=0.3), backoff=FAST)
+    assert (result.evicted, api.pods) == (3, {})
+
+
+async def test_a_statefulset_pods_successor_bound_here_a_moment_later_is_evicted() -> None:
+    """No late pod before it: web-1 was there when the drain began, and a scheduler that missed the cordon
+    binds its successor (same name) 100 ms after it is gone."""
+
+    class StatefulSet(Pods):
+        def replaced(self, gone: Obj) -> None:
+            if gone["metadata"]["uid"] == "uid-web-1":
+                successor = pod("web-1", uid="web-1-b", owner="StatefulSet", owner_uid="ss")
+                asyncio.get_running_loop().call_later(0.1, self.bind, successor)
+
+    api = StatefulSet([pod("web-1", owner="StatefulSet", owner_uid="ss")])
+    result = await drain(api, "n", time_limit=5, pace=replace(PACE, quiet=0.3), backoff=FAST)
+    assert (result.evicted, api.pods) == (2, {})
+
+
+async def test_a_listing_older_than_the_watch_does_not_drop_a_pod_for_good() -> None:
+    """The last listing is answered from before a late pod `p` was bound, while the watch has shown p: the
+    listing must not make the drain forget p (it is PDB-blocked: the drain times out naming it)."""
+
+    class StaleList(Pods):
+        async def list_pods(self, node: str) -> tuple[list[Obj], str]:
+            self.lists += 1
+            snapshot = list(self.pods.values())
+            if self.lists == 2:
+                self.bind(pod("p", owner_uid="rs-2"))
+                await asyncio.sleep(0.02)  # the watch shows p before the listing's answer arrives
+            return snapshot, "100"
+
+    api = StaleList([pod("a")], answers={"p": [BLOCKED]})
+    with pytest.raises(DrainTimeoutError) as info:
+        await drain(api, "n", time_limit=1, pace=PACE, backoff=FAST)
+    assert info.value.remaining == ["default/p"]
+
+
+async def test_an_old_pods_late_answer_does_not_end_the_wait_for_its_successor() -> None:
+    """web-1's eviction is answered late (409, the pod was replaced: UID precondition) after the watch has
+    shown the old web-1 deleted and the new web-1 bound: the answer is about the old pod only."""
+
+    class Replaced(Pods):
+        async def evict(self, namespace: str, name: str, uid: str) -> Eviction:
+            if uid == "uid-web-1":
+                self.evictions.append(name)
+                self.events.put_nowait(("DELETED", self.pods.pop("web-1")))
+                self.bind(pod("web-1", uid="web-1-b", owner="StatefulSet", owner_uid="ss"))
+                await asyncio.sleep(0.05)
+                return REPLACED
+            return await super().evict(namespace, name, uid)
+
+    api = Replaced([pod("web-1", owner="StatefulSet", owner_uid="ss")], answers={"web-1": [BLOCKED]})
+    with pytest.raises(DrainTimeoutError) as info:
+        await drain(api, "n", time_limit=1, pace=PACE, backoff=FAST)
+    assert info.value.remaining == ["default/web-1"]
+
+
+async def test_a_time_limit_reached_while_late_pods_keep_coming_says_so() -> None:
+    class Binder(Pods):
+        def replaced(self, gone: Obj) -> None:
+            late = pod(f"x{len(self.evictions)}", owner_uid=f"rs-{len(self.evictions)}")
+            if gone["metadata"]["name"] == "a":
+                self.bind(late)
+            else:
+                asyncio.get_running_loop().call_later(0.1, self.bind, late)
+
+    with pytest.raises(DrainTimeoutError) as info:
+        await drain(Binder([pod("a")]), "n", time_limit=0.5, pace=replace(PACE, quiet=0.3), backoff=FAST)
+    assert "0 pod(s) left" not in str(info.value)
+    assert "were bound to the node after its cordon" in str(info.value)
