@@ -45,6 +45,11 @@ async def eventually(check: Callable[[], Awaitable[T | None]], *, within: float 
         await asyncio.sleep(0.1)
 
 
+async def nonempty(found: Awaitable[list[T]]) -> list[T] | None:
+    """`found`, or None while it is empty: for `eventually`, which takes an empty list for an answer."""
+    return (await found) or None
+
+
 async def until(condition: Callable[[], bool], *, within: float = 30.0, what: str = "") -> None:
     """`eventually` for a condition this process sees without asking anyone (a monitor's state)."""
 

@@ -36,6 +36,8 @@ from brupop.notify.sender import Notifier
 
 log = structlog.get_logger("brupop.controller")
 LEASE_NAME = "brupop-controller-leader"
+EVENTS_FLUSH = 2.0
+"""Seconds a stopping controller gives its queued Events to be sent."""
 
 
 async def run(
@@ -120,6 +122,7 @@ async def run(
                     log.warning("no longer leading; campaigning again", term=term.number)
         finally:
             campaign.cancel()  # releases the Lease when held
+            await fleet.events.flush(EVENTS_FLUSH)  # what the last pass told, before the sender stops
             for task in background:
                 task.cancel()
             await asyncio.gather(campaign, *background, return_exceptions=True)

@@ -9,8 +9,11 @@ second may still show in any order; `kubectl events` sorts by `eventTime`.)
 
 Recording never blocks or fails the step it describes: `record` only queues the Event (a bounded queue; a
 full one drops it with a log line), and one task sends them, each bounded in time. Repeats are held back: one
-Event per (object, reason, note) per `repeat_after` seconds, and at most `burst` in any `per` seconds overall,
-so a drain that keeps being refused reports itself without flooding the API server.
+Event per (object, reason, note) per `repeat_after` seconds, and at most `burst` Normal and `burst` Warning
+Events in any `per` seconds, so a drain that keeps being refused reports itself without flooding the API
+server, and a pass that starts many nodes (Normal) cannot crowd out the one Warning that says a policy halted.
+A note is cut to the 1,024 bytes (not characters) the API server accepts. `flush` lets a process that stops
+send what it queued last, within a bound.
 
 Events about cluster-scoped objects (Nodes) go to the `default` namespace, where the kubelet files its own.
 `kubectl describe` finds an object's Events by its UID; a caller that does not know it (the apiserver acting
@@ -21,6 +24,7 @@ lookup, so the step never waits for it. A failed lookup sends the Event without 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +41,8 @@ log = structlog.get_logger("brupop.events")
 
 NODE_EVENTS_NAMESPACE: Final = "default"
 SEND_TIMEOUT: Final = 5.0
+MESSAGE_BYTES: Final = 1024
+"""The longest `message` the API server accepts, in bytes of UTF-8."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +89,8 @@ class EventRecorder:
         self._per = per
         self._clock = clock
         self._last: dict[tuple[str, str, str, str], float] = {}
-        self._recent: deque[float] = deque()
+        self._recent: dict[bool, deque[float]] = {False: deque(), True: deque()}
+        """Warning or not -> when the latest Events of that type were queued."""
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -103,9 +110,10 @@ class EventRecorder:
         last = self._last.get(key)
         if last is not None and now - last < self._repeat_after:
             return
-        while self._recent and now - self._recent[0] >= self._per:
-            self._recent.popleft()
-        if len(self._recent) >= self._burst:
+        recent = self._recent[warning]
+        while recent and now - recent[0] >= self._per:
+            recent.popleft()
+        if len(recent) >= self._burst:
             log.info("event held back (too many)", regarding=regarding.name, reason=reason)
             return
         if len(self._last) > 4096:
@@ -128,7 +136,7 @@ class EventRecorder:
                 if v
             },
             "reason": reason,
-            "message": note[:1024],
+            "message": note.encode()[:MESSAGE_BYTES].decode(errors="ignore"),
             "type": "Warning" if warning else "Normal",
             "action": action or reason,
             "eventTime": micro_time(moment),
@@ -145,24 +153,37 @@ class EventRecorder:
             log.warning("event dropped (queue full)", regarding=regarding.name, reason=reason)
             return
         self._last[key] = now
-        self._recent.append(now)
+        recent.append(now)
 
     async def run(self) -> None:
         """Send queued Events until cancelled; a failure drops the Event with a log line."""
         while True:
             event, regarding = await self._queue.get()
-            if regarding.uid is None and regarding.lookup is not None:
-                await self._find_uid(event, regarding, regarding.lookup)
             try:
-                async with asyncio.timeout(SEND_TIMEOUT):
-                    await self._kube.create(CORE_EVENTS, event, namespace=event["metadata"]["namespace"])
-            except Exception as err:
-                log.warning(
-                    "event not recorded",
-                    regarding=regarding.name,
-                    reason=event["reason"],
-                    error=str(err) or type(err).__name__,
-                )
+                await self._send(event, regarding)
+            finally:
+                self._queue.task_done()
+
+    async def flush(self, within: float) -> None:
+        """Wait, at most `within` seconds, until every queued Event has been sent or dropped (while `run`
+        runs)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._queue.join()
+
+    async def _send(self, event: dict[str, Any], regarding: Regarding) -> None:
+        if regarding.uid is None and regarding.lookup is not None:
+            await self._find_uid(event, regarding, regarding.lookup)
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self._kube.create(CORE_EVENTS, event, namespace=event["metadata"]["namespace"])
+        except Exception as err:
+            log.warning(
+                "event not recorded",
+                regarding=regarding.name,
+                reason=event["reason"],
+                error=str(err) or type(err).__name__,
+            )
 
     async def _find_uid(self, event: dict[str, Any], regarding: Regarding, lookup: Resource) -> None:
         try:

@@ -51,6 +51,7 @@ from integ.kubetools import (
     create_nodes,
     eventually,
     install_crd,
+    nonempty,
     watch_events,
 )
 from integ.operator import (
@@ -875,7 +876,8 @@ async def test_a_shadow_with_a_timestamp_at_the_end_of_time_only_affects_itself(
             lambda: _equals(group.metric("eot-a", "brupop_shadows_invalid"), 1.0), what="the metric"
         )
         (reported,) = await eventually(
-            lambda: _events(kube, "InvalidShadow", "brs-eot-"), what="an InvalidShadow Event"
+            lambda: nonempty(_events(kube, "InvalidShadow", "brs-eot-")),
+            what="an InvalidShadow Event",
         )
         assert reported["regarding"]["name"] == "brs-eot-0"
         assert reported["type"] == "Warning"
@@ -905,7 +907,10 @@ async def test_an_unreadable_shadow_counts_as_a_node_updating(
         await reconciler.reconcile_once()
         (waiting,) = await shadows(kube, "unr-1")
         assert waiting.spec.state is S.IDLE  # unr-0 may be rebooting: its slot is not free
-        (reported,) = await _events(kube, "InvalidShadow", "brs-unr-")
+        (reported,) = await eventually(
+            lambda: nonempty(_events(kube, "InvalidShadow", "brs-unr-")),
+            what="an InvalidShadow Event",
+        )
         assert reported["regarding"]["name"] == "brs-unr-0"
         # Fixed: the node it tracks turns out to be idle; its slot goes to unr-1.
         fixed = {"state": "Idle", "version": None, "state_transition_timestamp": None}
@@ -936,10 +941,12 @@ async def test_a_node_whose_agent_never_acts_is_reported_stuck_and_keeps_its_slo
     async with replicas(cluster, env, "stk-a") as group:  # no agents: stk-0 starts and never stages
         await eventually(lambda: _equals(group.metric("stk-a", "brupop_nodes_stuck"), 1.0), what="stuck")
         (on_shadow,) = await eventually(
-            lambda: _events(kube, "UpdateStuck", "brs-stk-"), what="an Event on the shadow"
+            lambda: nonempty(_events(kube, "UpdateStuck", "brs-stk-")),
+            what="an Event on the shadow",
         )
         (on_node,) = await eventually(
-            lambda: _events(kube, "UpdateStuck", "stk-", "default"), what="one on the Node"
+            lambda: nonempty(_events(kube, "UpdateStuck", "stk-", "default")),
+            what="one on the Node",
         )
     assert on_shadow["regarding"]["name"] == "brs-stk-0"
     assert (on_node["regarding"]["kind"], on_node["regarding"]["name"]) == ("Node", "stk-0")

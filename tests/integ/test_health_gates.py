@@ -24,7 +24,7 @@ from brupop.models.shadow import BottlerocketShadow, ShadowState
 from brupop.models.verifying import VerificationRecord
 from integ.cluster import ClusterState
 from integ.fleet import shadows
-from integ.kubetools import ensure_namespace, eventually, in_background
+from integ.kubetools import ensure_namespace, eventually, in_background, nonempty
 from integ.prometheus import PrometheusServer, TestExporter, stop
 from tests.integ.test_policies import (
     POLICIES,
@@ -257,7 +257,10 @@ async def test_a_workload_that_does_not_come_back_fails_verification_and_a_budge
                 )
                 assert record.outcome is not None
                 assert record.outcome.value == "Failed"
-                assert await events(kube, "VerificationFailed", "hv-0")  # on the Node
+                await eventually(  # on the Node, sent after the pass
+                    lambda: nonempty(events(kube, "VerificationFailed", "hv-0")),
+                    what="a VerificationFailed Event",
+                )
                 assert (
                     await running.metric(
                         "brupop_verifications_total", policy="health-verify", outcome="Failed"

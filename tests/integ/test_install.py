@@ -103,8 +103,8 @@ CALLS: dict[str, list[Call]] = {
         (BRS, "updatepolicies", "", "list", False),
         (BRS, "updatepolicies", "", "watch", False),
         (BRS, "updatepolicies", "status", "patch", False),
-        ("events.k8s.io", "events", "", "create", True),
-        ("events.k8s.io", "events", "", "create", False),  # about Nodes and policies, in `default`
+        ("", "events", "", "create", True),  # about shadows
+        ("", "events", "", "create", False),  # about Nodes and policies, in `default`
         ("coordination.k8s.io", "leases", "", "create", True),
         # The health gates and verification, while a policy sets them.
         ("", "pods", "", "list", False),

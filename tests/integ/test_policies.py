@@ -28,7 +28,7 @@ from brupop.models.timestamp import Timestamp
 from integ.cluster import ClusterState, free_port
 from integ.fleet import Watcher, create_fleet, prepare, set_status, shadows
 from integ.helm import chart_objects, find
-from integ.kubetools import CRDS, eventually, in_background, install_crd, watch_events
+from integ.kubetools import CRDS, eventually, in_background, install_crd, nonempty, watch_events
 from integ.operator import install_rbac, service_account_token, stop_process, token_kubeconfig
 
 S = ShadowState
@@ -334,7 +334,8 @@ async def test_a_failure_budget_of_two_halts_the_pool_until_an_operator_resumes_
             )
             assert fleet.starts == ["bg-0", "bg-1"]
             (event,) = await eventually(
-                lambda: events(kube, "PolicyHalted", "fleet-budget"), what="a PolicyHalted Event"
+                lambda: nonempty(events(kube, "PolicyHalted", "fleet-budget")),
+                what="a PolicyHalted Event",
             )
             assert event["type"] == "Warning"
             assert event["regarding"]["kind"] == c.POLICY_KIND
@@ -450,7 +451,10 @@ async def test_a_held_node_is_skipped_and_reported_until_released(
             await eventually(
                 lambda: status_where(kube, "fleet-held", held=1, upToDate=2), what="the hold in the status"
             )
-            (event,) = await eventually(lambda: events(kube, "NodeHeld", "hd-1"), what="a NodeHeld Event")
+            (event,) = await eventually(
+                lambda: nonempty(events(kube, "NodeHeld", "hd-1")),
+                what="a NodeHeld Event",
+            )
             assert "kernel debugging" in event["note"]
             assert event["regarding"]["kind"] == "Node"
             assert "hd-1" not in fleet.starts

@@ -101,16 +101,40 @@ async def test_repeats_and_floods_are_held_back(kube: KubeClient) -> None:
     clock.now = 61
     recorder.record(NODE, reason="EvictionRefused", note="same", warning=True)  # repeated after a while
     for i in range(5):
-        recorder.record(NODE, reason="Other", note=str(i))  # over the burst
+        recorder.record(NODE, reason="Other", note=str(i))  # Normal: a burst of its own, then held back
+    for reason in ("Late", "Later", "Latest"):  # Warnings 2 and 3 of the window at 61 s, then held back
+        recorder.record(NODE, reason=reason, note="w", warning=True)
     task = asyncio.create_task(recorder.run())
-    events = await sink.received(4)
+    events = await sink.received(7)
+    await recorder.flush(5)
     task.cancel()
     assert [(e["reason"], e["message"], e["type"]) for e in events] == [
         ("EvictionRefused", "same", "Warning"),
         ("EvictionRefused", "same", "Warning"),  # a minute later; it opened a new 10 s window of 3
         ("Other", "0", "Normal"),
         ("Other", "1", "Normal"),
+        ("Other", "2", "Normal"),
+        ("Late", "w", "Warning"),  # Normal Events never crowd out a Warning (a policy halted)
+        ("Later", "w", "Warning"),
     ]
+
+
+@respx.mock
+async def test_a_note_is_cut_to_the_bytes_the_api_server_accepts_and_flush_sends_what_is_queued(
+    kube: KubeClient,
+) -> None:
+    sink = Sink()
+    respx.post(EVENTS).mock(side_effect=sink)
+    recorder = EventRecorder(kube, controller="c", instance="i")
+    recorder.record(NODE, reason="NodeHeld", note="held: " + "débogage noyau " * 80)
+    recorder.record(NODE, reason="Other", note="n")
+    task = asyncio.create_task(recorder.run())
+    await recorder.flush(5)  # returns once both are sent
+    task.cancel()
+    assert [e["reason"] for e in sink.events] == ["NodeHeld", "Other"]
+    message = str(sink.events[0]["message"])
+    assert len(message.encode()) <= 1024
+    assert message.startswith("held: débogage noyau débogage")
 
 
 @respx.mock
