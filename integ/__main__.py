@@ -16,6 +16,7 @@ from integ.chaos import Outcome, campaign
 from integ.e2e import Options, main_run
 from integ.kubetools import admin
 from integ.monitors import InvariantBrokenError
+from integ.processes import stop_on_sigterm
 from integ.scenarios import SCENARIOS
 
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     chaos.add_argument("--seed", type=int, default=1, help="the first run's seed (run n has seed + n)")
     chaos.add_argument("--time-scale", type=float, default=0.05)
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     try:
         if args.command == "build":
             building.build()

@@ -7,12 +7,14 @@ names every process by its pod: `.../pods/brupop-agent-e2e-3/brupop agent`.
 
 A restart is what a crash is: SIGKILL, then a new process (`kill` + `start`); a graceful stop is SIGTERM
 with a grace period, as the kubelet gives. An exit that nobody asked for is kept (`unexpected`) so the
-run's monitors can fail the run on it.
+run's monitors can fail the run on it. Whatever still runs when the harness exits is killed, and a harness
+that calls `stop_on_sigterm` exits on SIGTERM as on Ctrl-C, so a stopped run leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import json
@@ -191,10 +193,12 @@ class BrupopProcess:
                 **user,
             )
         self._asked = False
+        _LIVE.add(self._process.pid)
         self._watch = asyncio.create_task(self._watch_exit(self._process))
 
     async def _watch_exit(self, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
+        _LIVE.discard(process.pid)
         exit = Exit(self.pod, code, time.monotonic(), self._asked)
         self.exits.append(exit)
         if self.on_exit is not None:
@@ -271,3 +275,27 @@ class BrupopProcess:
         with contextlib.suppress(FileNotFoundError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+_LIVE: set[int] = set()
+"""PIDs of the programs started and not yet seen to exit, for `_kill_leftovers`."""
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """SIGKILL every program still running when the harness exits: each runs in a session of its own (as in
+    its pod), so no signal to the harness reaches it, and an interrupted run used to leave them behind."""
+    for pid in sorted(_LIVE):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    _LIVE.clear()
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop this harness as Ctrl-C does (KeyboardInterrupt: `finally` blocks and `atexit` run,
+    so its programs are stopped), instead of ending it at once."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)

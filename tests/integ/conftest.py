@@ -10,6 +10,7 @@ from brupop.kube.client import KubeClient
 from integ.build import build
 from integ.cluster import ClusterState, LocalCluster, down
 from integ.kubetools import admin
+from integ.processes import stop_on_sigterm
 from integ.prometheus import PrometheusServer, ScrapeTarget, TestAlert, TestExporter, start_prometheus
 
 ALERTS = (TestAlert("BrupopTestCritical"), TestAlert("BrupopTestWarning", severity="warning"))
@@ -43,3 +44,7 @@ def exporter() -> Iterator[TestExporter]:
 def prometheus(exporter: TestExporter) -> Iterator[PrometheusServer]:
     with start_prometheus(targets=[ScrapeTarget("brupop-test", exporter.address)], alerts=ALERTS) as server:
         yield server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stop_on_sigterm()  # a run stopped with SIGTERM stops its brupop programs too
