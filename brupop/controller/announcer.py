@@ -5,7 +5,9 @@ sends). The pass never waits for a receiver, and a fault here is logged, never r
 The notices follow what the cluster shows, as the pass sees it (the view holds the controller's own writes
 at once), not what the pass merely meant to write, so a write that failed and is retried is told once:
 
-- node started: a shadow carries a new cycle record (`brupop.policy.progress.cycle_begins`);
+- node started: a shadow carries a new cycle record (`brupop.policy.progress.cycle_begins`), or a new
+  entry in its history is of a cycle whose start was not told (it began and ended between two passes that
+  told: passes defer what only reports while changes keep arriving, `REPORT_LAG`);
 - node done, node failed, node stuck: a new entry in the shadow's history (Succeeded, Failed, Stuck);
 - rollout started: the first node of a pool starts towards a version the pool is not rolling out yet;
 - rollout done: a pool rolling out has no node in a cycle or waiting to start any more (the ones left have
@@ -127,7 +129,10 @@ class Announcer:
                 in_cycle.update([pool] if seen.cycle_text is not None and pool is not None else [])
                 continue
             seen.shadow = shadow
-            ended.extend(self._ended(cycle, node, pool, facts) for cycle in self._new_history(shadow, seen))
+            for ended_cycle in self._new_history(shadow, seen):
+                if pool is not None and (seen.cycle is None or seen.cycle.start != ended_cycle.start):
+                    ended.extend(self._started(ended_cycle, node, pool, facts))  # begun and ended unseen
+                ended.append(self._ended(ended_cycle, node, pool, facts))
             cycle = self._new_cycle(shadow, seen)
             if seen.cycle_text is not None and pool is not None:
                 in_cycle.add(pool)

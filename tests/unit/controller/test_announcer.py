@@ -154,6 +154,30 @@ async def test_a_rollout_with_one_failure_is_told_in_order(order: str) -> None:
     assert (finished.policy, finished.to_version, finished.done, finished.total) == ("web", "1.1.0", 2, 3)
 
 
+async def test_a_cycle_begun_and_ended_between_two_passes_that_tell_is_told_whole() -> None:
+    """Found by CI on a loaded machine: while changes keep arriving, passes defer what only reports
+    (`REPORT_LAG`), and node a started and failed between two passes that told. Its start and the rollout's
+    were never told, only its failure. The history says the cycle began: its start is told before its end."""
+    fleet, heard, clock = nodes("a", "b"), Heard(), [NOW]
+    r = reconciler(fleet, heard, clock)
+    await r.reconcile_once()  # the term's first pass tells (it learns the fleet); a starts
+    for _ in range(6):  # a stages, fails and is sent back to Idle while changes keep coming
+        act(fleet, failing={"a"})
+        r.poke()
+        await r.reconcile_once()
+    assert heard.told() == []
+    clock[0] = NOW + timedelta(seconds=2)
+    await settle(r, fleet, failing={"a"})
+    assert heard.told() == [
+        ("rollout-started", None),
+        ("node-started", "a"),
+        ("node-failed", "a"),
+        ("node-started", "b"),
+        ("node-done", "b"),
+        ("rollout-done", None),
+    ]
+
+
 async def test_a_failed_node_that_retries_later_starts_no_new_rollout() -> None:
     fleet, heard, clock = nodes("a", "b"), Heard(), [NOW]
     r = reconciler(fleet, heard, clock)
