@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 from brupop.controller.main import LEASE_NAME
 from brupop.kube.client import LEASES, NODES, SHADOWS, ApiError, KubeClient
-from brupop.models.constants import NAMESPACE
+from brupop.models.constants import IN_CYCLE_LABEL, NAMESPACE, shadow_name
 from brupop.models.shadow import BottlerocketShadow, ShadowState
 from integ.actors import Agents, Controllers, Pods, Replicas, World
 from integ.cluster import ClusterState
@@ -120,6 +120,19 @@ async def fleet_done(kube: KubeClient, names: list[str], failing: set[str]) -> b
             if status.crash_count < 1:
                 return False
         elif status.current_version != NEW:
+            return False
+    return True
+
+
+async def released(kube: KubeClient, names: Collection[str]) -> bool:
+    """Every node taken out of brupop mid-run is let go: its cycle finished, its in-cycle label removed and
+    its shadow deleted (chaos seed 403: a node rebooting when it left was taken for settled, and the run
+    ended with it cordoned)."""
+    items, _ = await kube.list(SHADOWS, namespace=NAMESPACE)
+    shadows = {o["metadata"]["name"] for o in items}
+    for name in names:
+        labels = (await kube.get(NODES, name))["metadata"].get("labels") or {}
+        if IN_CYCLE_LABEL in labels or shadow_name(name) in shadows:
             return False
     return True
 
@@ -384,7 +397,9 @@ async def _run(
 
         async def converged() -> bool:
             expected = [n for n in names if n not in run.left]
-            return bool(await quietly(lambda: fleet_done(kube, expected, failing)))
+            if not await quietly(lambda: fleet_done(kube, expected, failing)):
+                return False
+            return bool(await quietly(lambda: released(kube, run.left)))
 
         done = asyncio.create_task(eventually(converged, within=options.within, what="the rollout"))
         try:
