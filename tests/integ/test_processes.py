@@ -3,6 +3,9 @@ script from its pod's directory (so `ps` names the pod), a SIGKILL is an exit th
 an exit on its own is kept as unexpected."""
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -83,10 +86,14 @@ async def test_a_harness_stopped_by_sigterm_leaves_no_brupop_process_behind(tmp_
     )
     assert harness.stdout is not None
     agent = int(await asyncio.wait_for(harness.stdout.readline(), timeout=30))
-    assert _alive(agent)
-    harness.terminate()
-    assert await asyncio.wait_for(harness.wait(), timeout=30) != 0
-    await until(lambda: not _alive(agent), within=10, what="the harness's agent to be gone")
+    try:
+        assert _alive(agent)
+        harness.terminate()
+        assert await asyncio.wait_for(harness.wait(), timeout=30) != 0
+        await until(lambda: not _alive(agent), within=10, what="the harness's agent to be gone")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the test leaves nothing behind, whatever it found
+            os.kill(agent, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
