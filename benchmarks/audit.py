@@ -1,7 +1,7 @@
 """Counting Kubernetes API requests where they arrive: the kube-apiserver's audit log.
 
-`enable` restarts the local cluster's kube-apiserver with an audit policy that records every request at
-the Metadata level (who, verb, resource; no bodies), as JSON lines in `<cluster dir>/audit.log`. `requests`
+`enable` (`integ/audit.py`) restarts the local cluster's kube-apiserver with an audit policy that records
+every request at the Metadata level (who, verb, resource; no bodies), as JSON lines. `requests`
 reads it back: one entry per request (its audit ID; a watch logs when its response starts and when it
 ends), by the program that sent it, known by its user (each brupop program has a service account of its
 own; agents authenticate with their pods' bound tokens, as the same account).
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,34 +18,15 @@ from pathlib import Path
 
 from brupop.deploy import AGENT_SA, APISERVER_SA, CONTROLLER_SA
 from brupop.models.constants import NAMESPACE
-from integ.cluster import ClusterState, restart_component
+from integ.audit import enable
 
-POLICY = """\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-  - level: Metadata
-"""
+__all__ = ["by_call", "by_program", "enable", "requests"]
 
 PROGRAMS: Mapping[str, str] = {
     f"system:serviceaccount:{NAMESPACE}:{CONTROLLER_SA}": "controller",
     f"system:serviceaccount:{NAMESPACE}:{APISERVER_SA}": "apiserver",
     f"system:serviceaccount:{NAMESPACE}:{AGENT_SA}": "agent",
 }
-
-
-def enable(state: ClusterState) -> Path:
-    """Restart the kube-apiserver with audit logging on; returns the log's path."""
-    directory = Path(state.directory)
-    policy = directory / "audit-policy.yaml"
-    policy.write_text(POLICY)
-    log = directory / "audit.log"
-    command = state.commands["kube-apiserver"]
-    if not any(arg.startswith("--audit-log-path=") for arg in command):
-        command += [f"--audit-policy-file={policy}", f"--audit-log-path={log}", "--audit-log-format=json"]
-        restart_component(state, "kube-apiserver", sig=signal.SIGTERM)
-    return log
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from brupop.logs import configure
+from integ import audit
 from integ import build as building
 from integ import cluster as clustering
 from integ.chaos import Outcome, campaign
@@ -114,6 +115,7 @@ def _rollout(args: argparse.Namespace) -> int:
 
 def _chaos(args: argparse.Namespace) -> int:
     state = clustering.LocalCluster(bins=building.build()).up()
+    audit.enable(state, policy=audit.POD_DELETIONS)  # a PDB breach names who took each pod away
     log_file = (Path(state.directory) / "brupop.log").open("w")
     configure({"LOGGING_FORMATTER": "json"}, stream=log_file)
 

@@ -33,6 +33,7 @@ from brupop.controller.main import LEASE_NAME
 from brupop.kube.client import LEASES, NODES, SHADOWS, ApiError, KubeClient
 from brupop.models.constants import IN_CYCLE_LABEL, NAMESPACE, shadow_name
 from brupop.models.shadow import BottlerocketShadow, ShadowState
+from integ import audit
 from integ.actors import Agents, Controllers, Pods, Replicas, World
 from integ.cluster import ClusterState
 from integ.faultproxy import FaultProxy
@@ -359,7 +360,9 @@ async def _run(
         )
         monitors += [
             asyncio.create_task(disruption.run()),
-            asyncio.create_task(monitor_pdbs(kube, timeline, proxy.log)),
+            asyncio.create_task(
+                monitor_pdbs(kube, timeline, proxy.log, audit=Path(cluster.directory) / audit.LOG_NAME)
+            ),
             asyncio.create_task(follow_shadows(kube, timeline)),
         ]
         agents = Agents(

@@ -25,11 +25,14 @@ import time
 from collections import defaultdict
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from brupop.kube.client import NODES, PDBS, PODS, SHADOWS, ApiError, KubeClient
 from brupop.models.constants import NAMESPACE
 from brupop.models.shadow import BottlerocketShadow
+from integ.audit import deletions
 from integ.faultproxy import Exchange
 from integ.hostsim.host import SimulatedHost
 from integ.kubetools import pod_ready, transient, watch_events
@@ -227,10 +230,14 @@ class Disruption:
             self._check()
 
 
-async def monitor_pdbs(kube: KubeClient, timeline: Timeline, log: Iterable[Exchange] = ()) -> None:
+async def monitor_pdbs(
+    kube: KubeClient, timeline: Timeline, log: Iterable[Exchange] = (), *, audit: Path | None = None
+) -> None:
     """No budget below its desiredHealthy: brupop's evictions may take it down to the minimum, never below.
-    A breach is told with what explains it: the budget's pods (node, ready, terminating), its status, and
-    the latest evictions through the fault proxy (`log`) with their answers."""
+    A breach is told with what explains it: the budget's pods (node, ready, terminating), its status, the
+    latest evictions through the fault proxy (`log`) with their answers, and, when the kube-apiserver keeps
+    an audit log (`audit`, `integ/audit.py`), every deletion and eviction of the namespace's pods in the last
+    minute with who asked (chaos seed 525: a pod of the budget went that brupop never evicted)."""
     async for _, pdb in watch_events(kube, PDBS, WORKLOADS):
         status = pdb.get("status") or {}
         if (
@@ -242,9 +249,20 @@ async def monitor_pdbs(kube: KubeClient, timeline: Timeline, log: Iterable[Excha
             name = pdb["metadata"]["name"]
             raise InvariantBrokenError(
                 f"PDB {name}: {status['currentHealthy']} healthy, desiredHealthy {status['desiredHealthy']}"
-                f"\n{await _explain_budget(kube, pdb, timeline, log)}",
+                f"\n{await _explain_budget(kube, pdb, timeline, log)}"
+                + _deletions(audit, pdb["metadata"]["namespace"]),
                 kind="pdb",
             )
+
+
+def _deletions(audit: Path | None, namespace: str) -> str:
+    if audit is None or not audit.exists():
+        return ""
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    found = deletions(audit, namespace=namespace, since=since)
+    return "\n  pods of the namespace deleted or evicted in the last minute (the audit log):\n" + "\n".join(
+        f"    {line}" for line in found or ["none"]
+    )
 
 
 async def _node_ready(kube: KubeClient, name: str) -> str:
