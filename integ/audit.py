@@ -18,26 +18,22 @@ from typing import Final
 
 from integ.cluster import ClusterState, restart_component
 
-EVERYTHING: Final = """\
+_POLICY: Final = """\
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
-  - level: Metadata
 """
-POD_DELETIONS: Final = """\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-  - level: Metadata
-    verbs: [create, delete, deletecollection]
-    resources: [{group: "", resources: [pods/eviction]}]
-  - level: Metadata
-    verbs: [delete, deletecollection]
-    resources: [{group: "", resources: [pods]}]
-  - level: None
-"""
+EVERYTHING: Final = _POLICY + "  - level: Metadata\n"
+POD_DELETIONS: Final = _POLICY + (
+    "  - level: Metadata\n"
+    "    verbs: [create, delete, deletecollection]\n"
+    '    resources: [{group: "", resources: [pods/eviction]}]\n'
+    "  - level: Metadata\n"
+    "    verbs: [delete, deletecollection]\n"
+    '    resources: [{group: "", resources: [pods]}]\n'
+    "  - level: None\n"
+)
 LOG_NAME: Final = "audit.log"
 
 
