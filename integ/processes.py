@@ -284,18 +284,24 @@ _LIVE: set[int] = set()
 @atexit.register
 def _kill_leftovers() -> None:
     """SIGKILL every program still running when the harness exits: each runs in a session of its own (as in
-    its pod), so no signal to the harness reaches it, and an interrupted run used to leave them behind."""
+    its pod), so no signal to the harness reaches it, and an interrupted run used to leave them behind. Only
+    a child still running is signalled: one that has exited, or was reaped while its watch was cancelled,
+    may have its PID taken by another process."""
     for pid in sorted(_LIVE):
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                continue  # exited, not reaped yet: nothing to kill
+        except ChildProcessError:
+            continue  # not our child any more
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     _LIVE.clear()
 
 
 def stop_on_sigterm() -> None:
-    """Make SIGTERM stop this harness as Ctrl-C does (KeyboardInterrupt: `finally` blocks and `atexit` run,
-    so its programs are stopped), instead of ending it at once."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, interrupt)
+    """Make SIGTERM stop this harness as Ctrl-C does: it raises SIGINT, whose default handler `asyncio.run`
+    turns into cancelling the main task only, so `finally` blocks still wait for their programs to stop,
+    and `atexit` runs; a run started in the background (`&`, which ignores SIGINT) behaves the same."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))

@@ -17,10 +17,12 @@ at once), not what the pass merely meant to write, so a write that failed and is
 
 Each leadership term starts from what the cluster shows then, told as nothing new: a new leader does not
 repeat what its predecessor told (cycles begun or ended before, rollouts under way, nodes blocked); what
-happened in the seconds between two leaders is not told. Halts and resumes come from the pools' budgets,
-which a new leader reads from the policies' status, so they are told once across terms too. Annotations
-are parsed only when their text changed since the last pass (a shadow's history not before it changes in
-the term: a 5000-node first pass costs tens of milliseconds, not the seconds parsing them all would).
+happened in the seconds between two leaders is not told. A shadow first seen later in the term (a node
+that joined) has what began or ended since the last pass that told taken as news. Halts and resumes come
+from the pools' budgets, which a new leader reads from the policies' status, so they are told once across
+terms too. Annotations are parsed only when their text changed since the last pass (a shadow's history not
+before it changes in the term: a 5000-node first pass costs tens of milliseconds, not the seconds parsing
+them all would).
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class Announcer:
     def __init__(self, notify: Callable[[Notice], None]) -> None:
         self._notify = notify
         self._primed = False
+        self._told_at: datetime | None = None
+        """`now` of the last pass that told: a shadow first seen after it shows as news what began or
+        ended since."""
         self._seen: dict[str, _Seen] = {}
         self._rollouts: dict[str, str] = {}
         """Pool -> the version it is rolling out."""
@@ -106,6 +111,7 @@ class Announcer:
         for notice in [*seen, *halts]:
             self._notify(notice)
         self._primed = True
+        self._told_at = facts.now
 
     def _notices(self, facts: PassFacts) -> list[Notice]:
         """What the shadows and the plan show that is new since the last pass."""
@@ -126,8 +132,9 @@ class Announcer:
             pool = pool_of.get(node)
             if seen is None:
                 self._seen[name] = seen = self._first_sight(shadow, pool)
-                in_cycle.update([pool] if seen.cycle_text is not None and pool is not None else [])
-                continue
+                if seen.shadow is shadow:  # nothing it shows is news
+                    in_cycle.update([pool] if seen.cycle_text is not None and pool is not None else [])
+                    continue
             seen.shadow = shadow
             for ended_cycle in self._new_history(shadow, seen):
                 if pool is not None and (seen.cycle is None or seen.cycle.start != ended_cycle.start):
@@ -144,18 +151,34 @@ class Announcer:
         return [*ended, *started, *self._rollouts_done(facts, in_cycle), *self._gates(facts, pool_of)]
 
     def _first_sight(self, shadow: BottlerocketShadow, pool: str | None) -> _Seen:
-        """A shadow seen for the first time in this term: what it shows is not news. Its history is not
-        parsed (a large fleet's first pass stays cheap); a cycle it is in opens its pool's rollout."""
+        """A shadow seen for the first time in this term. In the term's first pass, what it shows is not
+        news: its history is not parsed (a large fleet's first pass stays cheap) and a cycle it is in opens
+        its pool's rollout. Later (a node that joined, seen first by a pass after others that told nothing),
+        a cycle begun or ended since the last pass that told is news: the returned `_Seen` holds only what
+        came before, and has no `shadow` yet, so the caller looks at the rest as at any change."""
         annotations = shadow.annotations
+        record_text = annotations.get(CYCLE_ANNOTATION)
+        record = _cycle_of(record_text)
+        since = self._told_at
+        if since is not None:
+            cycles = read_history(annotations).cycles
+            seen = _Seen(
+                cycle_text=None,
+                cycle=None,
+                history_text=None,
+                told={_key(c) for c in cycles if c.end.instant < since},
+            )
+            if record is not None and record.start.instant < since:
+                seen.cycle_text, seen.cycle = record_text, record
+            return seen
         seen = _Seen(
-            cycle_text=annotations.get(CYCLE_ANNOTATION),
-            cycle=None,
+            cycle_text=record_text,
+            cycle=record,
             history_text=annotations.get(HISTORY_ANNOTATION),
             shadow=shadow,
         )
-        seen.cycle = _cycle_of(seen.cycle_text)
-        if seen.cycle is not None and pool is not None:
-            self._rollouts.setdefault(pool, seen.cycle.to_version)
+        if record is not None and pool is not None:
+            self._rollouts.setdefault(pool, record.to_version)
         return seen
 
     def _new_history(self, shadow: BottlerocketShadow, seen: _Seen) -> list[Cycle]:

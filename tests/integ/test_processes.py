@@ -9,8 +9,21 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from integ.kubetools import until
 from integ.processes import BrupopProcess
+
+
+def unreachable_kubeconfig(directory: Path) -> Path:
+    """A kubeconfig naming an API server nobody serves: an agent started with it runs, retrying."""
+    kubeconfig = directory / "kubeconfig"
+    kubeconfig.write_text(
+        '{"current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],'
+        ' "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9"}}],'
+        ' "users": [{"name": "u", "user": {"token": "t"}}]}'
+    )
+    return kubeconfig
 
 
 async def test_an_exit_on_its_own_is_unexpected_and_logged(tmp_path: Path) -> None:
@@ -29,12 +42,7 @@ async def test_an_exit_on_its_own_is_unexpected_and_logged(tmp_path: Path) -> No
 
 
 async def test_a_sigkill_is_asked_for_and_ps_names_the_pod(tmp_path: Path) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        '{"current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],'
-        ' "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9"}}],'
-        ' "users": [{"name": "u", "user": {"token": "t"}}]}'
-    )
+    kubeconfig = unreachable_kubeconfig(tmp_path)
     env = {"KUBECONFIG": str(kubeconfig), "MY_NODE_NAME": "n", "APISERVER_SERVICE_PORT": "443"}
     process = BrupopProcess(pod="brupop-agent-abcde", program="agent", env=env, directory=tmp_path / "pod")
     await process.start()
@@ -54,7 +62,85 @@ async def test_a_sigkill_is_asked_for_and_ps_names_the_pod(tmp_path: Path) -> No
     assert exit.describe() == "brupop-agent-abcde exited with signal SIGKILL"
 
 
-_HARNESS = """
+def _alive(pid: int) -> bool:
+    """Running (a zombie is not: it has exited and waits for its parent, here init)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+_REUSING_HARNESS = """
+import asyncio, atexit, os, subprocess, sys
+from pathlib import Path
+
+bystander = []
+
+def check() -> None:  # registered first: runs after _kill_leftovers
+    code = bystander[0].wait(timeout=10)
+    print("bystander exit", code, flush=True)
+
+atexit.register(check)
+from integ.processes import _LIVE, BrupopProcess, stop_on_sigterm  # registers _kill_leftovers
+
+def reuse() -> None:  # registered last: runs first, after the harness's cleanup
+    pid = agent[0]
+    print("agent pid in _LIVE", pid in _LIVE, flush=True)
+    while Path(f"/proc/{pid}").exists():  # the agent gone (reaped) ...
+        with __import__("contextlib").suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))  # ... and its pid reused
+    bystander.append(subprocess.Popen(["sleep", "30"]))
+    print("bystander pid == agent pid", bystander[0].pid == pid, flush=True)
+
+atexit.register(reuse)
+agent = []
+
+async def main() -> None:
+    env = {"KUBECONFIG": sys.argv[2], "MY_NODE_NAME": "n", "APISERVER_SERVICE_PORT": "443"}
+    process = BrupopProcess(pod="brupop-agent-left", program="agent", env=env, directory=Path(sys.argv[1]))
+    await process.start()
+    agent.append(process.pid)
+    try:
+        print(process.pid, flush=True)
+        await asyncio.Event().wait()
+    finally:  # the harness's own cleanup, as Agents.stop does it
+        await process.terminate(grace=10)
+
+stop_on_sigterm()
+asyncio.run(main())
+"""
+
+
+async def test_a_sigterm_stopped_harness_kills_no_process_that_reuses_a_pid(tmp_path: Path) -> None:
+    """In a PID namespace of its own (root): after SIGTERM, asyncio.run cancels every task at once, the
+    `_watch_exit` tasks too, so the agent the cleanup stopped stays in `_LIVE`; its pid, reused, is
+    SIGKILLed at exit."""
+    kubeconfig = unreachable_kubeconfig(tmp_path)
+    harness = await asyncio.create_subprocess_exec(
+        "unshare",
+        "-p",
+        "-f",
+        "--mount-proc",
+        sys.executable,
+        "-c",
+        _REUSING_HARNESS,
+        str(tmp_path / "pod"),
+        str(kubeconfig),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert harness.stdout is not None
+    await asyncio.wait_for(harness.stdout.readline(), timeout=30)
+    [inner] = Path(f"/proc/{harness.pid}/task/{harness.pid}/children").read_text().split()
+    os.kill(int(inner), signal.SIGTERM)  # the harness (pid 1 of the namespace), not unshare
+    out, _ = await asyncio.wait_for(harness.communicate(), timeout=60)
+    print(out.decode())
+    assert "bystander pid == agent pid True" in out.decode()
+    assert "bystander exit -9" not in out.decode()
+
+
+_CLEANING_HARNESS = """
 import asyncio, sys
 from pathlib import Path
 from integ.processes import BrupopProcess, stop_on_sigterm
@@ -63,43 +149,43 @@ async def main() -> None:
     env = {"KUBECONFIG": sys.argv[2], "MY_NODE_NAME": "n", "APISERVER_SERVICE_PORT": "443"}
     process = BrupopProcess(pod="brupop-agent-left", program="agent", env=env, directory=Path(sys.argv[1]))
     await process.start()
-    print(process.pid, flush=True)
-    await asyncio.Event().wait()
+    try:
+        print(process.pid, flush=True)
+        await asyncio.Event().wait()
+    finally:  # the harness's own cleanup, as Agents.stop does it
+        try:
+            print("stopped in time", await process.terminate(grace=10), flush=True)
+        except BaseException as err:
+            print("cleanup failed", repr(err), flush=True)
+            raise
 
 stop_on_sigterm()
 asyncio.run(main())
 """
 
 
-async def test_a_harness_stopped_by_sigterm_leaves_no_brupop_process_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_a_harness_stopped_by_sigterm_cleans_up_as_on_ctrl_c(tmp_path: Path, sig: int) -> None:
     """Each program runs in a session of its own (as in its pod), so a signal to the harness does not reach
     it: a campaign or a test run stopped with SIGTERM used to leave its agents, controllers and apiservers
-    running, loading the machine for whatever ran next."""
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        '{"current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],'
-        ' "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9"}}],'
-        ' "users": [{"name": "u", "user": {"token": "t"}}]}'
-    )
+    running, loading the machine for whatever ran next. Now SIGTERM stops the harness as Ctrl-C does: its
+    cleanup stops its programs, within their grace."""
+    kubeconfig = unreachable_kubeconfig(tmp_path)
     harness = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _HARNESS, str(tmp_path / "pod"), str(kubeconfig), stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-c",
+        _CLEANING_HARNESS,
+        str(tmp_path / "pod"),
+        str(kubeconfig),
+        stdout=asyncio.subprocess.PIPE,
     )
     assert harness.stdout is not None
     agent = int(await asyncio.wait_for(harness.stdout.readline(), timeout=30))
     try:
-        assert _alive(agent)
-        harness.terminate()
-        assert await asyncio.wait_for(harness.wait(), timeout=30) != 0
+        harness.send_signal(sig)
+        out, _ = await asyncio.wait_for(harness.communicate(), timeout=60)
+        assert "stopped in time True" in out.decode(), out.decode()
         await until(lambda: not _alive(agent), within=10, what="the harness's agent to be gone")
     finally:
         with contextlib.suppress(ProcessLookupError):  # the test leaves nothing behind, whatever it found
             os.kill(agent, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie is not: it has exited and waits for its parent, here init)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"

@@ -167,6 +167,7 @@ async def test_a_cycle_begun_and_ended_between_two_passes_that_tell_is_told_whol
         await r.reconcile_once()
     assert heard.told() == []
     clock[0] = NOW + timedelta(seconds=2)
+    r._wake.clear()  # as `run` does before each pass: no change arrives any more, every pass tells
     await settle(r, fleet, failing={"a"})
     assert heard.told() == [
         ("rollout-started", None),
@@ -298,3 +299,26 @@ def test_the_controllers_settings_carry_the_notifications_and_refuse_a_bad_one()
         SettingsError, match=r"NOTIFY_TEMPLATE_NODE_FAILED: .* names unknown field \$hostname"
     ):
         ControllerSettings.from_env({**env, "NOTIFY_TEMPLATE_NODE_FAILED": "$hostname failed"}, now=NOW)
+
+
+async def test_a_node_that_joins_mid_term_and_starts_between_two_passes_that_tell_is_told_whole() -> None:
+    """A shadow first seen mid-term by a pass that tells, already in a cycle a pass that told nothing began
+    (REPORT_LAG): its start is news in this term, as is its rollout's."""
+    fleet, heard, clock = world(shadow("a", current="1.1.0", target="1.1.0")), Heard(), [NOW]
+    r = reconciler(fleet, heard, clock)
+    await r.reconcile_once()  # the term's first pass tells; nothing to do
+    joined = world(shadow("b", current="1.0.0", target="1.1.0"))  # a node joins
+    fleet.by_name.update(joined.by_name)
+    fleet.node_info.update(joined.node_info)
+    r.poke()
+    await r.reconcile_once()  # changes keep coming: this pass tells nothing; b starts
+    assert heard.told() == []
+    clock[0] = NOW + timedelta(seconds=2)
+    r._wake.clear()  # as `run` does before each pass: no change arrives any more, every pass tells
+    await settle(r, fleet, failing=set())
+    assert heard.told() == [
+        ("rollout-started", None),
+        ("node-started", "b"),
+        ("node-done", "b"),
+        ("rollout-done", None),
+    ]
