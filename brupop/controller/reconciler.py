@@ -255,11 +255,11 @@ class Reconciler:
         by_name = {s.name: s for s in shadows} if looked_up else {}  # at rest: no map of 15,000 names
         wrote, failed = await self._apply(decided, by_name, assessed, assignment)
         self._book.settle(decided.budgets)
-        await self._report_budgets(before, decided.budgets)
-        await self._report_invalid(assignment)
-        await self._report_gates(assessed)
-        await self._report_unreadable(unreadable)
-        await self._report_stuck(decided.stuck, by_name, now)
+        self._report_budgets(before, decided.budgets)
+        self._report_invalid(assignment)
+        self._report_gates(assessed)
+        self._report_unreadable(unreadable)
+        self._report_stuck(decided.stuck, by_name, now)
         drained = [p for p in decided.drained if p in triggers and not failed]
         for pool in drained:
             if await self._leadership.record_drained(pool, now, live=triggers):
@@ -298,7 +298,7 @@ class Reconciler:
         self._notices(
             PassFacts(shadows=seen.shadows, plan=decided, reports=reports, budgets_before=before, now=now)
         )
-        await self._report_held(decided, seen.shadows)
+        self._report_held(decided, seen.shadows)
         self._metrics.observe(
             seen.shadows,
             now=now,
@@ -373,9 +373,9 @@ class Reconciler:
             annotations = decided.annotations.get(name, {})
             results.append(await self._writer.write_shadow(old, spec=spec, annotations=annotations))
             if results[-1] and spec is not None:
-                await self._announce(old, spec, started=started)
+                self._announce(old, spec, started=started)
                 pool = assignment.pool_of.get(node_name_of(old))
-                await self._verified(old, assessed.checkpoints.get(name), pool=pool)
+                self._verified(old, assessed.checkpoints.get(name), pool=pool)
         for node, wanted in decided.in_cycle.items():
             if not wanted:
                 marks = decided.marks.get(node, NO_MARKS)
@@ -388,7 +388,7 @@ class Reconciler:
             results.append(await self._writer.delete_shadow(before[name]))
         return any(results), not all(results)
 
-    async def _verified(self, shadow: BottlerocketShadow, decision: object, *, pool: str | None) -> None:
+    def _verified(self, shadow: BottlerocketShadow, decision: object, *, pool: str | None) -> None:
         """A verification ended with the spec just written: counted, and a failure told (a Warning Event on
         the shadow and the Node, a log line)."""
         if self._health is None or pool is None or not isinstance(decision, Finish | FailUpdate):
@@ -406,7 +406,7 @@ class Reconciler:
             self._writer.record_event(shadow.name, reason="VerificationFailed", message=message, warning=True)
             self._writer.record_node_event(node, reason="VerificationFailed", message=message)
 
-    async def _report_gates(self, assessed: Assessment) -> None:
+    def _report_gates(self, assessed: Assessment) -> None:
         """A gate that began blocking nodes of a policy's pool: an Event on the policy (once per block)."""
         for began in assessed.began:
             log.info("a health gate blocks", policy=began.pool, gate=str(began.gate), reason=began.reason)
@@ -423,7 +423,7 @@ class Reconciler:
                 results.append(await self._writer.write_policy_status(objects[name], report.status))
         return not all(results)
 
-    async def _announce(self, old: BottlerocketShadow, spec: ShadowSpec, *, started: bool) -> None:
+    def _announce(self, old: BottlerocketShadow, spec: ShadowSpec, *, started: bool) -> None:
         status = old.status
         if started:
             self._writer.record_event(
@@ -443,9 +443,7 @@ class Reconciler:
                 old.name, reason="TargetState", message=f"target state {spec.state.value} ({spec.version})"
             )
 
-    async def _report_budgets(
-        self, before: Mapping[str, BudgetState], after: Mapping[str, BudgetState]
-    ) -> None:
+    def _report_budgets(self, before: Mapping[str, BudgetState], after: Mapping[str, BudgetState]) -> None:
         """A pool halted by its failure budget, or resumed: an Event on its policy and a log line."""
         for name in sorted(set(self._book.objects()) & set(after)):
             was, now = _halt(before.get(name)), after[name].halt
@@ -459,7 +457,7 @@ class Reconciler:
                 message = f"resumed: the halt of {was.since.text} ({', '.join(was.failed_nodes)}) is cleared"
                 self._writer.record_policy_event(name, reason="PolicyResumed", message=message)
 
-    async def _report_invalid(self, assignment: Assignment) -> None:
+    def _report_invalid(self, assignment: Assignment) -> None:
         """A policy the controller cannot follow: a Warning Event on it once per problem."""
         seen = set()
         for name, pool in assignment.pools.items():
@@ -475,7 +473,7 @@ class Reconciler:
                 self._writer.record_policy_event(name, reason="PolicyInvalid", message=message, warning=True)
         self._reported_invalid = seen
 
-    async def _report_held(self, decided: Plan, shadows: Sequence[BottlerocketShadow]) -> None:
+    def _report_held(self, decided: Plan, shadows: Sequence[BottlerocketShadow]) -> None:
         """A node held out of an update it would start: a Normal Event on the Node once per hold."""
         seen = set()
         any_held = any(isinstance(reason, Held) for reason in decided.waiting.values())
@@ -492,7 +490,7 @@ class Reconciler:
                     )
         self._reported_held = seen
 
-    async def _report_unreadable(self, unreadable: list[UnreadableShadow]) -> None:
+    def _report_unreadable(self, unreadable: list[UnreadableShadow]) -> None:
         seen = {(u.name, u.resource_version) for u in unreadable}
         for bad in unreadable:
             if (bad.name, bad.resource_version) in self._reported_unreadable:
@@ -510,7 +508,7 @@ class Reconciler:
             )
         self._reported_unreadable = seen
 
-    async def _report_stuck(
+    def _report_stuck(
         self, stuck: Mapping[str, Stuck], shadows: Mapping[str, BottlerocketShadow], now: datetime
     ) -> None:
         seen: set[tuple[str, str]] = set()
