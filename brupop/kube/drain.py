@@ -58,6 +58,7 @@ from brupop.kube.retry import Backoff
 from brupop.policy.drain import (
     Eviction,
     Outcome,
+    controller_kind,
     is_terminating,
     must_leave,
     owner_key,
@@ -297,7 +298,9 @@ class _Drain:
         if target is not None and (uid is None or target.uid == uid):
             del self.targets[key]
             self.departed.add(target.uid)
-            if self.late or _successor_follows(target.pod):
+            if (
+                self.late or controller_kind(target.pod) == "StatefulSet"
+            ):  # its successor comes once it is gone
                 self._stir()
         if not self.targets:
             self.done.set()
@@ -462,14 +465,6 @@ class _Drain:
                 with contextlib.suppress(Exception):
                     current, since = await self.api.list_pods(self.node)
                     self.forget_missing(current)
-
-
-def _successor_follows(pod: Mapping[str, Any]) -> bool:
-    """A StatefulSet's pod: its successor, under its name, is made only once it is gone."""
-    return any(
-        owner.get("controller") is True and owner.get("kind") == "StatefulSet"
-        for owner in (pod.get("metadata") or {}).get("ownerReferences") or ()
-    )
 
 
 def _uid(pod: Mapping[str, Any]) -> str:

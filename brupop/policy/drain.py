@@ -50,10 +50,15 @@ def must_leave(pod: Mapping[str, Any]) -> bool:
     meta = pod.get("metadata") or {}
     if MIRROR_ANNOTATION in (meta.get("annotations") or {}):
         return True
-    return any(
-        owner.get("controller") is True and owner.get("kind") == "DaemonSet"
-        for owner in meta.get("ownerReferences") or ()
-    )
+    return controller_kind(pod) == "DaemonSet"
+
+
+def controller_kind(pod: Mapping[str, Any]) -> str | None:
+    """The kind of the pod's controller (its owner reference with `controller: true`), if any."""
+    for owner in (pod.get("metadata") or {}).get("ownerReferences") or ():
+        if owner.get("controller") is True:
+            return str(owner.get("kind"))
+    return None
 
 
 UNSCHEDULABLE_TAINT: Final = "node.kubernetes.io/unschedulable"
