@@ -48,8 +48,6 @@ IMAGE_USER = RunAs(65532, 65532)
 
 
 REPO = Path(__file__).resolve().parent.parent
-_RUN_SCRIPT = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-"""Run the console script given as the first argument, with the rest as its arguments."""
 
 
 @functools.cache
@@ -178,7 +176,7 @@ class BrupopProcess:
                 raise RuntimeError(
                     f"{self.pod}: only this interpreter can drop to uid {who.uid} once started"
                 )
-            program = ["-c", _RUN_SCRIPT, str(link), self.program]
+            program = ["--script", str(link), self.program]
             argv = command(uid=who.uid, gid=who.gid, groups=who.groups, program=program)
             env["PYTHONPATH"] = str(REPO)
         with self.log.open("ab") as out:

@@ -1,6 +1,6 @@
 """Run a Python program as another user and groups, as a container runtime starts a pod's process
 (`runAsUser`, `runAsGroup`, `supplementalGroups`): `python -m integ.unprivileged --uid 65532 --gid 65532
---groups 274 -m brupop agent` (or `-c CODE`).
+--groups 274 -m brupop agent` (or `-c CODE`, or `--script PATH`: a console script).
 
 `subprocess` with `user=`/`extra_groups=` would need an interpreter and standard library that user can
 read, and a test machine's Python often lives under a 0700 home (pyenv in /root). So this starts as root,
@@ -117,8 +117,8 @@ def needs_root(what: str) -> str | None:
 
 
 def command(*, uid: int, gid: int, groups: Sequence[int], program: Sequence[str]) -> list[str]:
-    """The command line that runs `python PROGRAM...` (`-m MODULE ARGS...` or `-c CODE ARGS...`) as
-    `uid`:`gid` with supplementary `groups`."""
+    """The command line that runs `python PROGRAM...` (`-m MODULE ARGS...`, `-c CODE ARGS...` or
+    `--script PATH ARGS...`) as `uid`:`gid` with supplementary `groups`."""
     return [
         sys.executable,
         "-m",
@@ -148,16 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="python -m integ.unprivileged",
-        usage="%(prog)s --uid UID --gid GID [--groups G,G] (-m MODULE | -c CODE) [ARGS...]",
+        usage="%(prog)s --uid UID --gid GID [--groups G,G] (-m MODULE | -c CODE | --script PATH) [ARGS...]",
         description=__doc__,
     )
     parser.add_argument("--uid", type=int, required=True)
     parser.add_argument("--gid", type=int, required=True)
     parser.add_argument("--groups", default="", help="supplementary group IDs, comma-separated")
-    # Everything after -m MODULE or -c CODE belongs to the program, as with python itself.
-    split = next((i for i, arg in enumerate(argv) if arg in ("-m", "-c")), None)
+    # Everything after -m MODULE, -c CODE or --script PATH belongs to the program, as with python itself.
+    split = next((i for i, arg in enumerate(argv) if arg in ("-m", "-c", "--script")), None)
     if split is None or split + 1 >= len(argv):
-        parser.error("give -m MODULE or -c CODE")
+        parser.error("give -m MODULE, -c CODE or --script PATH")
     options = parser.parse_args(argv[:split])
     kind, target, args = argv[split], argv[split + 1], argv[split + 2 :]
     try:
@@ -168,13 +168,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return 2
+    code = None
+    script = kind == "--script"
+    if kind != "-m":
+        # A console script is code like a module's: read as root (its venv may be under a 0700 home), run
+        # as the target user. So is -c's, which needs no reading.
+        name = target if script else "<-c>"
+        try:
+            code = compile(Path(target).read_bytes() if script else target, name, "exec")
+        except (OSError, SyntaxError) as error:
+            print(f"python -m integ.unprivileged: cannot run {name}: {error}", file=sys.stderr)
+            return 2
     become(options.uid, options.gid, groups)
-    if kind == "-m":
+    if code is None:
         sys.argv = [target, *args]
         runpy.run_module(target, run_name="__main__", alter_sys=True)
     else:
-        sys.argv = ["-c", *args]
-        exec(compile(target, "<-c>", "exec"), {"__name__": "__main__"})
+        sys.argv = [target if script else "-c", *args]
+        exec(code, {"__name__": "__main__"} | ({"__file__": target} if script else {}))
     return 0
 
 

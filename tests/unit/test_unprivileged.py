@@ -49,3 +49,36 @@ def test_the_program_runs_as_the_user_and_groups_it_was_given(shared: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["65532", "65532", "65532", "[274]"]
+
+
+def test_a_console_script_out_of_the_users_reach_runs_as_the_user(shared: Path, tmp_path: Path) -> None:
+    """A venv's console script under a 0700 home (the benchmark's runtime venv in ~/.cache) is read as
+    root, like a module's code, and runs as the user with its own path as argv[0]."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    script = home / "brupop"
+    script.write_text("import os, sys\nprint(os.getuid(), os.geteuid(), sys.argv, __file__)\n")
+    done = subprocess.run(
+        command(uid=65532, gid=65532, groups=[274], program=["--script", str(script), "agent"]),
+        capture_output=True,
+        text=True,
+        cwd=shared,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["65532", "65532", f"['{script}',", "'agent']", str(script)]
+
+
+def test_a_script_that_cannot_be_read_is_one_line_and_status_2(shared: Path) -> None:
+    done = subprocess.run(
+        command(uid=65532, gid=65532, groups=[], program=["--script", str(shared / "missing"), "agent"]),
+        capture_output=True,
+        text=True,
+        cwd=shared,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"python -m integ.unprivileged: cannot run {shared / 'missing'}: "
+        f"[Errno 2] No such file or directory: '{shared / 'missing'}'"
+    ]
