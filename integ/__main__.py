@@ -14,6 +14,7 @@ from integ import audit
 from integ import build as building
 from integ import cluster as clustering
 from integ.chaos import Outcome, campaign
+from integ.clocks import faketime_library
 from integ.e2e import Options, main_run
 from integ.kubetools import admin
 from integ.monitors import InvariantBrokenError
@@ -24,7 +25,10 @@ from integ.scenarios import SCENARIOS
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m integ", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build (or reuse) the control-plane binaries, helm, prometheus and promtool")
+    sub.add_parser(
+        "build",
+        help="build (or reuse) the control-plane binaries, helm, prometheus and promtool; fetch libfaketime",
+    )
     cluster = sub.add_parser("cluster", help="start, stop or locate the local cluster")
     cluster.add_argument("action", choices=["up", "down", "env"])
     for name, text in (
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             building.build()
+            faketime_library()  # the chaos campaign's clocks
         elif args.command in ("run", "demo"):
             return _rollout(args)
         elif args.command == "chaos":

@@ -16,13 +16,14 @@ import itertools
 import shutil
 import sys
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from brupop.controller.main import LEASE_NAME
 from brupop.deploy import CONTROLLER_SA
 from brupop.kube.client import LEASES, ApiError, KubeClient
 from brupop.models.constants import NAMESPACE
+from integ.clocks import Clocks
 from integ.cluster import ClusterState, free_port
 from integ.faultproxy import FaultProxy
 from integ.hostsim.fleet import Fleet
@@ -75,6 +76,8 @@ class World:
     directory: Path
     """The run's files (a directory every program's user may enter): `pods/<pod name>/`, `hosts/`."""
     python: str = sys.executable
+    clocks: Clocks = field(default_factory=Clocks)
+    """Each program's wall clock against the machine's."""
 
     def pod_dir(self, name: str) -> Path:
         return self.directory / "pods" / name
@@ -249,6 +252,7 @@ class Agents:
                 directory / "no-boot-id" if node in self._without_boot_id else self._hosts.boot_id_file(node)
             ),
             "AGENT_INTERNAL_PORT": str(free_port()),  # every node's pod has the port; here they share a host
+            **world.clocks.agent(node),
         }
         process = BrupopProcess(
             pod=name, program="agent", env=env, directory=directory, run_as=user, python=world.python
@@ -277,7 +281,8 @@ class Controllers:
 
     async def start(self) -> BrupopProcess:
         world = self._world
-        name = f"brupop-controller-{next(self._names)}"
+        start = next(self._names)
+        name = f"brupop-controller-{start}"
         directory = world.pod_dir(name)
         directory.mkdir(parents=True, exist_ok=True)
         token = await service_account_token(world.kube, CONTROLLER_SA)
@@ -293,6 +298,7 @@ class Controllers:
             "BRUPOP_NAMESPACE": NAMESPACE,
             "KUBECONFIG": str(kubeconfig),
             **PROGRAM_LOGGING,
+            **world.clocks.controller(start),
         }
         process = world.pods.add(
             BrupopProcess(
@@ -351,7 +357,8 @@ class Replicas:
 
     async def start(self) -> ApiserverProcess:
         world = self._world
-        name = f"brupop-apiserver-{next(self._names)}"
+        start = next(self._names)
+        name = f"brupop-apiserver-{start}"
         replica = await apiserver_pod(
             world.cluster,
             world.kube,
@@ -361,6 +368,7 @@ class Replicas:
             server=await world.proxy.listen(name),
             run_as=PROGRAM_USER,
             pod_dir=world.pod_dir(name),
+            env=world.clocks.apiserver(start),
         )
         world.pods.add(replica.process)
         await answering(replica)

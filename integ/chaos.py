@@ -22,7 +22,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -30,6 +30,7 @@ from brupop.kube.client import NODES, PODS, KubeClient
 from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE, UPDATER_INTERFACE_LABEL
 from brupop.models.host import CommandType
 from integ.actors import GRACE
+from integ.clocks import Clocks
 from integ.cluster import ClusterState, restart_component
 from integ.e2e import Chaos, Options, Run, Scenario, ideal_seconds, quietly, run_scenario
 from integ.faultproxy import Fault, Match
@@ -84,6 +85,7 @@ class Plan:
     host_faults: tuple[tuple[int, str], ...] = ()
     blocking_pdb_on: int | None = None
     steps: tuple[Step, ...] = ()
+    clocks: Clocks = field(default_factory=Clocks)
 
     def describe(self) -> str:
         parts = [f"{self.nodes} nodes, {self.concurrency} at a time"]
@@ -95,6 +97,8 @@ class Plan:
             parts.append("hosts " + ", ".join(f"{i}:{f}" for i, f in self.host_faults))
         if self.blocking_pdb_on is not None:
             parts.append(f"blocking PDB on {self.blocking_pdb_on}")
+        if self.clocks.skewed:
+            parts.append(f"clocks {self.clocks.describe()}")
         return "; ".join(parts)
 
 
@@ -132,7 +136,22 @@ def plan(seed: int, *, time_scale: float) -> Plan:
     # stay schedulable for the evicted pods, or the PDBs block every drain until it times out (seed 14
     # drew 3 nodes, 3 at a time and one admin cordon). Taken last, so the rest of a seed's plan is as drawn.
     concurrency = min(concurrency, nodes - len(admin) - 1)
-    return Plan(seed, nodes, concurrency, opens_after, admin, host_faults, blocking, tuple(steps))
+    return Plan(
+        seed, nodes, concurrency, opens_after, admin, host_faults, blocking, tuple(steps), _clocks(rng, nodes)
+    )
+
+
+def _clocks(rng: random.Random, nodes: int) -> Clocks:
+    """Wall clocks off the machine's, drawn after the rest of the plan (an older seed's plan stays as it
+    was drawn, with clocks added): up to two nodes' agents by up to two minutes either way (a node whose
+    NTP failed), sometimes the controller replicas by up to 10 s each and the apiserver replicas by up to
+    a minute. The controllers' stay small: the one-shot trigger is set by their clocks."""
+    skewed = rng.sample(range(nodes), k=rng.choice([0, 1, 2]))
+    return Clocks(
+        nodes=tuple((f"e2e-{i}", rng.choice([-1, 1]) * rng.uniform(5, 120)) for i in sorted(skewed)),
+        controllers=tuple(rng.uniform(-10, 10) for _ in range(2)) if rng.random() < 0.5 else (),
+        apiservers=tuple(rng.uniform(-60, 60) for _ in range(2)) if rng.random() < 0.3 else (),
+    )
 
 
 def _host_fault(kind: str) -> Callable[[SimulatedHost], None]:
@@ -287,6 +306,7 @@ def scenario_of(p: Plan, done: list[Step], missed: list[Step]) -> Scenario:
         admin_cordoned=p.admin_cordoned,
         drain_seconds=15.0 if short_drains else Scenario.drain_seconds,
         opens_after=p.opens_after,
+        clocks=p.clocks,
         chaos=chaos_of(p, done, missed),
         chaos_optional=True,
     )

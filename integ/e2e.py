@@ -35,6 +35,7 @@ from brupop.models.constants import IN_CYCLE_LABEL, NAMESPACE, shadow_name
 from brupop.models.shadow import BottlerocketShadow, ShadowState
 from integ import audit
 from integ.actors import Agents, Controllers, Pods, Replicas, World
+from integ.clocks import Clocks, faketime_library
 from integ.cluster import ClusterState
 from integ.faultproxy import FaultProxy
 from integ.fleet import prepare
@@ -232,6 +233,8 @@ class Scenario:
     concurrency: int | None = None
     time_scale: float | None = None
     """Instead of the run's options (a scenario that needs a longer rollout)."""
+    clocks: Clocks = field(default_factory=Clocks)
+    """The programs' wall clocks against the machine's (libfaketime is found by the run)."""
 
 
 def _suspended_at(task: asyncio.Task[Any]) -> str:
@@ -343,7 +346,14 @@ async def _run(
     proxy = FaultProxy(upstream=cluster.server, ca_file=directory / "ca.crt", cert_dir=directory / "proxy")
     proxy.observers.append(disruption.observe)
     pods = Pods(timeline)
-    world = World(cluster=cluster, kube=kube, proxy=proxy, timeline=timeline, pods=pods, directory=files)
+    clocks = scenario.clocks
+    if clocks.skewed:  # a copy in the run's directory, which every program's user may enter
+        library = Path(shutil.copy(await asyncio.to_thread(faketime_library, log=None), files / "libfaketime.so.1"))
+        clocks = replace(clocks, library=library)
+        timeline.note(f"clocks off the machine's: {clocks.describe()}")
+    world = World(
+        cluster=cluster, kube=kube, proxy=proxy, timeline=timeline, pods=pods, directory=files, clocks=clocks
+    )
     replicas = Replicas(world, drain_seconds=scenario.drain_seconds)
     monitors: list[asyncio.Task[None]] = []
     chaos: list[asyncio.Task[None]] = []
@@ -378,9 +388,16 @@ async def _run(
         env = {"MAX_CONCURRENT_UPDATE": str(options.concurrency)}
         opens_at = None
         if scenario.opens_after is not None:  # counted from now: a trigger passed before a start never fires
-            opens_at = _whole_second(datetime.now(UTC) + timedelta(seconds=scenario.opens_after + STARTUP))
-            env |= {"SCHEDULER_CRON_EXPRESSION": one_shot(opens_at), "SCHEDULER_TIMEZONE": "UTC"}
-            timeline.note(f"the one-shot trigger fires at {opens_at:%H:%M:%S} UTC")
+            # Set by the controllers' clocks, as an administrator writes it by theirs: a replica whose
+            # clock is ahead sees it come early, so it is set that much later; `opens_at` is when the
+            # first replica's clock reaches it, on the machine's clock.
+            ahead = max(clocks.controller_offset(i) for i in range(2))
+            trigger = _whole_second(
+                datetime.now(UTC) + timedelta(seconds=scenario.opens_after + STARTUP + max(ahead, 0))
+            )
+            env |= {"SCHEDULER_CRON_EXPRESSION": one_shot(trigger), "SCHEDULER_TIMEZONE": "UTC"}
+            opens_at = trigger - timedelta(seconds=ahead)
+            timeline.note(f"the one-shot trigger fires at {trigger:%H:%M:%S} UTC by the controllers' clocks")
         controllers = Controllers(world, env)
         for _ in range(2):
             await controllers.start()

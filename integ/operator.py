@@ -303,11 +303,12 @@ async def apiserver_pod(
     server: str | None = None,
     run_as: RunAs | None = None,
     pod_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ApiserverProcess:
     """A `brupop apiserver` replica configured by its environment, as the Deployment's pods are, with a
     kubeconfig holding the apiserver service account's token (pointed at `server` when given); its files
-    and log are in `pod_dir` (by default <cluster dir>/pods/<name>; one `run_as` may enter when given).
-    Started, not yet answering."""
+    and log are in `pod_dir` (by default <cluster dir>/pods/<name>; one `run_as` may enter when given),
+    and `env` added to its environment. Started, not yet answering."""
     await install_rbac(kube)
     pod_dir = pod_dir or Path(cluster.directory) / "pods" / name
     pod_dir.mkdir(parents=True, exist_ok=True)
@@ -325,6 +326,7 @@ async def apiserver_pod(
         "DRAIN_TIMEOUT": str(drain_seconds),
         "BRUPOP_NAMESPACE": NAMESPACE,
         **PROGRAM_LOGGING,
+        **(env or {}),
     }
     process = BrupopProcess(
         pod=name, program="apiserver", env=env, directory=pod_dir, run_as=run_as, python=python

@@ -5,14 +5,19 @@ an exit on its own is kept as unexpected."""
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from integ.clocks import faketime_library, offset_env
 from integ.kubetools import until
-from integ.processes import BrupopProcess
+from integ.processes import REPO, BrupopProcess
+from integ.unprivileged import command, remove, shared_directory
 
 
 def unreachable_kubeconfig(directory: Path) -> Path:
@@ -189,3 +194,30 @@ async def test_a_harness_stopped_by_sigterm_cleans_up_as_on_ctrl_c(tmp_path: Pat
     finally:
         with contextlib.suppress(ProcessLookupError):  # the test leaves nothing behind, whatever it found
             os.kill(agent, signal.SIGKILL)
+
+
+CLOCKS = "import time; print(time.time(), time.clock_gettime(time.CLOCK_MONOTONIC))"
+
+
+def test_a_program_with_its_clock_off_sees_its_own_wall_clock_and_the_machines_monotonic() -> None:
+    """Chaos runs set programs' wall clocks off the machine's (integ/clocks.py): a program started as the
+    image's user, as the agents are, reads the offset on its wall clock and none on its monotonic one."""
+    shared = shared_directory("brupop-test-clocks-")
+    try:
+        library = Path(shutil.copy(faketime_library(), shared / "libfaketime.so.1"))
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), **offset_env(-90.0, library)}
+        before = (time.time(), time.monotonic())
+        done = subprocess.run(
+            command(uid=65532, gid=65532, groups=[], program=["-c", CLOCKS]),
+            env=env,
+            cwd=shared,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        after = (time.time(), time.monotonic())
+    finally:
+        remove(shared)
+    wall, monotonic = map(float, done.stdout.split())
+    assert before[0] - 90 <= wall <= after[0] - 90
+    assert before[1] <= monotonic <= after[1]
