@@ -348,7 +348,8 @@ async def _run(
     pods = Pods(timeline)
     clocks = scenario.clocks
     if clocks.skewed:  # a copy in the run's directory, which every program's user may enter
-        library = Path(shutil.copy(await asyncio.to_thread(faketime_library, log=None), files / "libfaketime.so.1"))
+        found = await asyncio.to_thread(faketime_library, log=None)
+        library = Path(shutil.copy(found, files / "libfaketime.so.1"))
         clocks = replace(clocks, library=library)
         timeline.note(f"clocks off the machine's: {clocks.describe()}")
     world = World(
