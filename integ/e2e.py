@@ -97,6 +97,12 @@ def _whole_second(moment: datetime) -> datetime:
     return whole if whole == moment else whole + timedelta(seconds=1)
 
 
+SETTLE = 2.0
+"""Seconds a converged fleet must stay converged with every program still running and every monitor
+watching, before the run stops them: a controller that starts another cycle, or a node cordoned again,
+shows here rather than after the run."""
+
+
 async def quietly(check: Callable[[], Awaitable[Any]]) -> Any:
     """`check()`, or None while the kube-apiserver is restarting (for polls that ride it out)."""
     try:
@@ -253,6 +259,26 @@ async def _bounded(work: Awaitable[Any], what: str, *, seconds: float = 90.0) ->
             return await work
     except TimeoutError:
         raise InvariantBrokenError(f"timed out after {seconds:g}s waiting for {what}") from None
+
+
+async def settled(converged: Callable[[], Awaitable[bool]], monitors: list[asyncio.Task[None]]) -> None:
+    """The fleet stays converged for SETTLE seconds after the rollout (and the scenario's trouble) ended,
+    the monitors watching; a check the kube-apiserver cannot answer (a restart the chaos began) is asked
+    again."""
+    finished, _ = await asyncio.wait(monitors, timeout=SETTLE)
+    for task in finished:
+        task.result()  # a broken invariant
+        raise InvariantBrokenError("a monitor stopped on its own")
+
+    async def answer() -> list[bool] | None:  # the answer, boxed, or None while there is none
+        known = await quietly(converged)
+        return None if known is None else [known]
+
+    still = await eventually(answer, within=60, what="the kube-apiserver to answer after convergence")
+    if not still[0]:
+        raise InvariantBrokenError(
+            f"the fleet did not stay converged for {SETTLE:g}s after it converged", kind="settle"
+        )
 
 
 def one_shot(at: datetime) -> str:
@@ -418,11 +444,11 @@ async def _run(
 
         async def converged() -> bool:
             expected = [n for n in names if n not in run.left]
-            if not await quietly(lambda: fleet_done(kube, expected, failing)):
-                return False
-            return bool(await quietly(lambda: released(kube, run.left)))
+            return await fleet_done(kube, expected, failing) and await released(kube, run.left)
 
-        done = asyncio.create_task(eventually(converged, within=options.within, what="the rollout"))
+        done = asyncio.create_task(
+            eventually(lambda: quietly(converged), within=options.within, what="the rollout")
+        )
         try:
             while not done.done():
                 watched = [done, *monitors, *[c for c in chaos if not c.done()]]
@@ -438,6 +464,7 @@ async def _run(
             for task in chaos:
                 if not task.done() and scenario.chaos_optional:
                     task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
                     timeline.note("the rest of the chaos called off")
                     continue
                 if not task.done() and scenario.after_rollout:
@@ -450,6 +477,10 @@ async def _run(
                         f"(the chaos step was still at {_suspended_at(task)})"
                     )
                 task.result()
+            # Nodes taken out of brupop by the chaos (a label removed) may be on their way out: the rest
+            # must stay as they are.
+            staying = [n for n in names if n not in run.left]
+            await settled(lambda: fleet_done(kube, staying, failing), monitors)
         finally:
             for task in [done, *monitors, *chaos]:
                 task.cancel()
