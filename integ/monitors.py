@@ -351,9 +351,11 @@ def _lease_writes(log: Iterable[Exchange], lease: str) -> list[_Term]:
 
 
 def leadership_violations(log: Iterable[Exchange], *, lease: str, timeline: Timeline) -> list[str]:
-    """Spec writes (applied: 2xx) by a controller replica that did not hold the Lease when its request
-    arrived: another replica's acquisition, or its own release, had been answered before; or its last
-    successful renewal had arrived more than the lease duration earlier (others may take over by then)."""
+    """Spec writes (applied: 2xx) by a controller replica that may not have held the Lease when the write
+    took effect, which is some moment between its arrival and its answer: another replica's acquisition,
+    or its own release, had been answered before it arrived, or was in flight while it was (either may
+    have taken effect first); or it was answered more than a lease duration after its writer's last
+    successful renewal arrived (others may take over by then)."""
     exchanges = list(log)
     terms = _lease_writes(exchanges, lease)
     found = []
@@ -363,6 +365,8 @@ def leadership_violations(log: Iterable[Exchange], *, lease: str, timeline: Time
             shadow and write.method in WRITES and write.ok and write.client.startswith("brupop-controller")
         ):
             continue
+        answered = write.answered
+        assert answered is not None  # a 2xx
         before = [t for t in terms if t.answered < write.arrived]
         what = f"{write.client} {write.method} {shadow[1]} at {timeline.at(write.arrived):.2f}s"
         if not before:
@@ -373,11 +377,24 @@ def leadership_violations(log: Iterable[Exchange], *, lease: str, timeline: Time
             held = f"held by {last.holder}" if last.holder else f"released by {last.client}"
             found.append(f"{what} while the Lease was {held} (since {timeline.at(last.answered):.2f}s)")
             continue
+        overlapping = [
+            t
+            for t in terms
+            if t.holder != write.client and t.answered >= write.arrived and t.arrived < answered
+        ]
+        if overlapping:
+            t = overlapping[0]
+            taken = f"taken by {t.holder}" if t.holder else f"released by {t.client}"
+            found.append(
+                f"{what}, answered at {timeline.at(answered):.2f}s, while the Lease was being {taken} "
+                f"(sent at {timeline.at(t.arrived):.2f}s, answered at {timeline.at(t.answered):.2f}s)"
+            )
+            continue
         own = [t for t in terms if t.holder == write.client and t.arrived < write.arrived]
         expiry = own[-1].arrived + own[-1].duration
-        if write.arrived > expiry:
+        if answered > expiry:
             found.append(
-                f"{what}, {write.arrived - expiry:.2f}s after its lease ran out "
+                f"{what}, answered {answered - expiry:.2f}s after its lease ran out "
                 f"(last renewal sent at {timeline.at(own[-1].arrived):.2f}s)"
             )
     return found
