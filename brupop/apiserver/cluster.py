@@ -187,6 +187,14 @@ class _PodApi:
         disrupted = (budget.get("status") or {}).get("disruptedPods") or {}
         return {str(pod): str(since) for pod, since in disrupted.items()}
 
+    async def get_pod(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return await self._kube.get(PODS, name, namespace=namespace)
+        except ApiError as err:
+            if err.not_found:
+                return None
+            raise
+
 
 class ClusterNodeOperations:
     def __init__(

@@ -71,6 +71,9 @@ class Pods:
         self.eviction_times: list[float] = []
         self.lists = 0
         self.disrupted: dict[str, dict[str, str]] = {}
+        self.elsewhere: dict[str, Obj] = {}
+        """Pods bound to other nodes (only `get_pod` sees them)."""
+        self.gets = 0
 
     async def list_pods(self, node: str) -> tuple[list[Obj], str]:
         self.lists += 1
@@ -99,6 +102,10 @@ class Pods:
     async def disrupted_pods(self, namespace: str, pdb: str) -> Mapping[str, str]:
         return self.disrupted.get(pdb, {})
 
+    async def get_pod(self, namespace: str, name: str) -> Obj | None:
+        self.gets += 1
+        return self.pods.get(name) or self.elsewhere.get(name)
+
     def delete(self, name: str) -> Obj:
         gone = self.pods.pop(name)
         self.events.put_nowait(("DELETED", gone))
@@ -111,6 +118,9 @@ class Pods:
     def bind(self, new: Obj) -> None:
         self.pods[new["metadata"]["name"]] = new
         self.events.put_nowait(("ADDED", new))
+
+    def bind_elsewhere(self, new: Obj) -> None:
+        self.elsewhere[new["metadata"]["name"]] = new | {"spec": {**new["spec"], "nodeName": "other"}}
 
 
 async def run(api: Pods, *, time_limit: float = 5, notices: list[Notice] | None = None) -> DrainResult:
@@ -560,3 +570,60 @@ async def test_a_time_limit_reached_while_late_pods_keep_coming_says_so() -> Non
         await drain(Binder([pod("a")]), "n", time_limit=0.5, pace=replace(PACE, quiet=0.3), backoff=FAST)
     assert "0 pod(s) left" not in str(info.value)
     assert "were bound to the node after its cordon" in str(info.value)
+
+
+async def test_a_statefulset_pods_successor_bound_elsewhere_ends_the_drain_without_the_quiet() -> None:
+    """The common case (issue 20): web-1's successor is bound to another node a moment after web-1 goes;
+    the drain ends then, not after `Pace.quiet` (30 s here, longer than the drain may take)."""
+
+    class StatefulSet(Pods):
+        def replaced(self, gone: Obj) -> None:
+            successor = pod("web-1", uid="web-1-b", owner="StatefulSet", owner_uid="ss")
+            asyncio.get_running_loop().call_later(0.05, self.bind_elsewhere, successor)
+
+    api = StatefulSet([pod("a"), pod("web-1", owner="StatefulSet", owner_uid="ss")])
+    result = await drain(api, "n", time_limit=2, pace=replace(PACE, quiet=30.0), backoff=FAST)
+    assert (result.evicted, api.pods, api.evictions) == (2, {}, ["a", "web-1"])
+    assert api.gets >= 1
+
+
+async def test_a_successor_still_pending_is_waited_for_until_it_is_bound() -> None:
+    """The successor exists unscheduled first (no nodeName), then a scheduler that missed the cordon binds
+    it here: it is evicted, not left to the reboot."""
+
+    class StatefulSet(Pods):
+        def replaced(self, gone: Obj) -> None:
+            if gone["metadata"]["uid"] != "uid-web-1":
+                return
+            successor = pod("web-1", uid="web-1-b", owner="StatefulSet", owner_uid="ss")
+            self.elsewhere["web-1"] = successor | {"spec": {}}  # pending: not bound anywhere yet
+            asyncio.get_running_loop().call_later(0.1, self.bind, successor)
+
+    api = StatefulSet([pod("web-1", owner="StatefulSet", owner_uid="ss")])
+    result = await drain(api, "n", time_limit=5, pace=replace(PACE, quiet=2.0), backoff=FAST)
+    assert (result.evicted, api.pods, api.evictions) == (2, {}, ["web-1", "web-1"])
+
+
+async def test_a_statefulset_pod_without_a_successor_ends_the_drain_after_the_quiet() -> None:
+    """The StatefulSet scaled down (or its successor cannot be read): the drain waits `Pace.quiet` for
+    one, then ends."""
+
+    class Unreadable(Pods):
+        async def get_pod(self, namespace: str, name: str) -> Obj | None:
+            self.gets += 1
+            if self.gets % 2:
+                raise ConnectionError("the kube-apiserver went away")
+            return None
+
+    api = Unreadable([pod("web-1", owner="StatefulSet", owner_uid="ss")])
+    result = await drain(api, "n", time_limit=5, pace=replace(PACE, quiet=0.3), backoff=FAST)
+    assert (result.evicted, api.pods) == (1, {})
+    assert api.gets >= 2
+    with pytest.raises(DrainTimeoutError, match="waiting for the node to be quiet"):
+        await drain(
+            Unreadable([pod("web-1", owner="StatefulSet", owner_uid="ss")]),
+            "n",
+            time_limit=0.2,
+            pace=replace(PACE, quiet=30.0),
+            backoff=FAST,
+        )
