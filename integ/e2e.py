@@ -145,6 +145,33 @@ async def released(kube: KubeClient, names: Collection[str]) -> bool:
     return True
 
 
+async def fleet_state(kube: KubeClient, names: list[str]) -> str:
+    """Where each node stands, for a run that did not converge: its shadow's spec and status, and what the
+    Node carries (the opt-in and in-cycle labels, the cordon)."""
+    items, _ = await kube.list(SHADOWS, namespace=NAMESPACE)
+    shadows = {o["metadata"]["name"].removeprefix("brs-"): o for o in items}
+    lines = ["where the nodes stand:"]
+    for name in names:
+        node = await kube.get(NODES, name)
+        labels = node["metadata"].get("labels") or {}
+        marks = [
+            *(["opted in"] if BRUPOP_LABELS.items() <= labels.items() else ["opted out"]),
+            *(["in cycle"] if IN_CYCLE_LABEL in labels else []),
+            *(["unschedulable"] if node["spec"].get("unschedulable") else []),
+        ]
+        shadow = shadows.get(name)
+        if shadow is None:
+            lines.append(f"  {name}: no shadow; node {', '.join(marks)}")
+            continue
+        spec, status = shadow.get("spec") or {}, shadow.get("status") or {}
+        lines.append(
+            f"  {name}: spec {spec.get('state')} {spec.get('version')}, status "
+            f"{status.get('current_state')} {status.get('current_version')} "
+            f"(crash count {status.get('crash_count')}); node {', '.join(marks)}"
+        )
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Report:
     """How a run went: the timeline as text, the rollout's makespan and its ideal."""
@@ -454,7 +481,8 @@ async def _run(
                 watched = [done, *monitors, *[c for c in chaos if not c.done()]]
                 finished, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 if done in finished and isinstance(done.exception(), TimeoutError):
-                    raise InvariantBrokenError(str(done.exception()), kind="convergence")
+                    where = await quietly(lambda: fleet_state(kube, names))
+                    raise InvariantBrokenError(f"{done.exception()}\n{where}", kind="convergence")
                 for task in finished:
                     task.result()  # a broken invariant, a failed chaos step
                     if task in monitors:
