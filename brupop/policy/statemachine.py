@@ -8,7 +8,10 @@ too, unless someone waived it (`kubectl brupop retry`).
 
 A node that leaves brupop (its opt-in label removed) mid-cycle is finished, not abandoned, once anything
 may have disrupted it (cordon, drain, reboot: RebootedIntoUpdate on); before that (only staged and
-activated on the host) it is sent back to Idle, where the agent deactivates the update.
+activated on the host) it is sent back to Idle, where the agent deactivates the update, but only once the
+agent has reported the staging: until then it may be staging right now, and a spec sent back to Idle over
+a status still Idle would read as a cycle already over (its in-cycle label would go, and the agent's pod
+with it, in the middle of the host's prepare and activate; chaos seed 807).
 """
 
 from __future__ import annotations
@@ -79,8 +82,10 @@ def next_spec(
 def next_spec_leaving(shadow: BottlerocketShadow, *, now: datetime) -> ShadowSpec:
     """`next_spec` for a node that left brupop mid-cycle: undo a cycle that has not disrupted the node yet,
     finish one that may have (see the module docstring)."""
-    spec = shadow.spec
+    spec, status = shadow.spec, shadow.status
     if spec.state is ShadowState.STAGED_AND_PERFORMED_UPDATE:
+        if status is not None and status.current_state is ShadowState.IDLE:
+            return spec  # the agent may be staging: sent back once it has said so
         return ShadowSpec(
             state=ShadowState.IDLE,
             state_transition_timestamp=Timestamp.from_datetime(now),

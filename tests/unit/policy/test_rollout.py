@@ -171,16 +171,21 @@ def test_a_node_that_leaves_brupop_mid_cycle_keeps_its_shadow_and_its_slot_until
     assert wanted.state is next_spec(leaving, now=NOW, may_start=False).state  # the cycle is finished
 
 
-def test_a_node_that_leaves_before_any_disruption_is_sent_back_to_idle() -> None:
+def test_a_node_that_leaves_before_any_disruption_is_sent_back_to_idle_once_it_has_staged() -> None:
+    """Sent back while the agent had not reported the staging, the shadow would read Idle and Idle: a cycle
+    over, its in-cycle label removed and the agent's pod deleted mid-prepare (chaos seed 807). So it is
+    sent back once the agent has reported StagedAndPerformedUpdate (or failed)."""
     staging = shadow(
         "staging", spec=S.STAGED_AND_PERFORMED_UPDATE, state=S.IDLE, target="1.1.0", spec_version="1.1.0"
     )
     staged = replace(staging, status=replace(staging.status, current_state=S.STAGED_AND_PERFORMED_UPDATE))
-    for leaving in (staging, staged):
+    failed = replace(staging, status=replace(staging.status, current_state=S.ERROR_RESET))
+    for leaving, wanted in ((staging, S.STAGED_AND_PERFORMED_UPDATE), (staged, S.IDLE), (failed, S.IDLE)):
         nodes = nodes_for([leaving], staging=IN_CYCLE)
         result = run([leaving], nodes, limit=1)
-        assert result.spec_changes["brs-staging"].state is S.IDLE
+        assert result.spec_changes.get("brs-staging", leaving.spec).state is wanted
         assert result.deletions == ()
+        assert result.in_cycle.get("staging") is not False
         assert result.active == 1
 
 
