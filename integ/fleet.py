@@ -21,6 +21,7 @@ from integ.kubetools import (
     ensure_namespace,
     eventually,
     install_crd,
+    policy_crd,
     watch_events,
 )
 
@@ -28,8 +29,11 @@ Obj = dict[str, Any]
 
 
 async def prepare(kube: KubeClient) -> None:
-    """The CRD installed, the namespace there, and no shadow left from an earlier test."""
+    """The CRDs installed as the CRD chart has them (the shadow's, and the UpdatePolicy's: without it the
+    controller lists policies again every 30 s), the namespace there, and no shadow left from an earlier
+    test."""
     await install_crd(kube, crd_for_local_use())
+    await install_crd(kube, policy_crd())
     await ensure_namespace(kube, NAMESPACE)
     await kube.request("DELETE", SHADOWS.path(namespace=NAMESPACE))
 

@@ -24,7 +24,12 @@ from brupop.kube.client import (
 )
 from brupop.kube.config import KubeConfig
 from brupop.kube.informer import ResourceExpiredError
-from brupop.models.constants import CRD_NAME, UPDATER_INTERFACE_LABEL, UPDATER_INTERFACE_VERSION
+from brupop.models.constants import (
+    CRD_NAME,
+    POLICY_CRD_NAME,
+    UPDATER_INTERFACE_LABEL,
+    UPDATER_INTERFACE_VERSION,
+)
 from integ.cluster import KWOK_NODE_LABEL, ClusterState
 from integ.helm import chart_objects, find
 
@@ -215,6 +220,11 @@ def crd_for_local_use(*, webhook_url: str | None = None, ca_pem: bytes | None = 
             "caBundle": base64.b64encode(ca_pem).decode(),
         }
     return crd
+
+
+def policy_crd() -> Obj:
+    """The CRD chart's UpdatePolicy CRD."""
+    return find(chart_objects(), "CustomResourceDefinition", POLICY_CRD_NAME)
 
 
 async def install_crd(kube: KubeClient, crd: Obj) -> None:

@@ -27,8 +27,7 @@ from brupop.models.shadow import BottlerocketShadow, ShadowState
 from brupop.models.timestamp import Timestamp
 from integ.cluster import ClusterState, free_port
 from integ.fleet import Watcher, create_fleet, prepare, set_status, shadows
-from integ.helm import chart_objects, find
-from integ.kubetools import CRDS, eventually, in_background, install_crd, nonempty, watch_events
+from integ.kubetools import CRDS, eventually, in_background, install_crd, nonempty, policy_crd, watch_events
 from integ.operator import install_rbac, service_account_token, stop_process, token_kubeconfig
 
 S = ShadowState
@@ -43,7 +42,7 @@ POLICIES = Resource(c.API_GROUP, c.POLICY_VERSION, c.POLICY_PLURAL, namespaced=F
 
 
 async def install_policy_crd(kube: KubeClient) -> None:
-    await install_crd(kube, find(chart_objects(), "CustomResourceDefinition", c.POLICY_CRD_NAME))
+    await install_crd(kube, policy_crd())
 
 
 async def delete_policies(kube: KubeClient) -> None:
