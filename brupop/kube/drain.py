@@ -336,7 +336,10 @@ class _Drain:
         try:
             while loop.time() < deadline:
                 try:
-                    pod = await self.api.get_pod(namespace, name)
+                    async with asyncio.timeout(deadline - loop.time()):
+                        pod = await self.api.get_pod(namespace, name)
+                except TimeoutError:
+                    return  # the wait is over: what the transport did not answer in time is not waited for
                 except Exception as err:  # an answer missed: look again, the wait is bounded anyway
                     log.info("cannot read a StatefulSet pod's successor", pod=key, error=str(err))
                     pod = None

@@ -410,7 +410,11 @@ def plan(
         if held:
             continue
         wanted = (
-            next_spec_leaving(shadow, now=now) if leaving else next_spec(shadow, now=now, may_start=False)
+            next_spec_leaving(
+                shadow, now=now, gives_up=deadline(shadow, _stuck_after(pool, config, shadow.spec.state))
+            )
+            if leaving
+            else next_spec(shadow, now=now, may_start=False)
         )
         if wanted != shadow.spec:
             changes[shadow.name] = wanted

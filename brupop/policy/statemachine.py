@@ -11,7 +11,9 @@ may have disrupted it (cordon, drain, reboot: RebootedIntoUpdate on); before tha
 activated on the host) it is sent back to Idle, where the agent deactivates the update, but only once the
 agent has reported the staging: until then it may be staging right now, and a spec sent back to Idle over
 a status still Idle would read as a cycle already over (its in-cycle label would go, and the agent's pod
-with it, in the middle of the host's prepare and activate; chaos seed 807).
+with it, in the middle of the host's prepare and activate; chaos seed 807). An agent that never reports
+(dead, or its host unreachable) is waited for until the step's stuck deadline, no longer: then the node is
+sent back and let go, so removing the label still frees a dead node's slot.
 """
 
 from __future__ import annotations
@@ -79,12 +81,14 @@ def next_spec(
     )
 
 
-def next_spec_leaving(shadow: BottlerocketShadow, *, now: datetime) -> ShadowSpec:
+def next_spec_leaving(shadow: BottlerocketShadow, *, now: datetime, gives_up: datetime | None) -> ShadowSpec:
     """`next_spec` for a node that left brupop mid-cycle: undo a cycle that has not disrupted the node yet,
-    finish one that may have (see the module docstring)."""
+    finish one that may have (see the module docstring). `gives_up`: when the current step's stuck deadline
+    passes (None: no deadline)."""
     spec, status = shadow.spec, shadow.status
     if spec.state is ShadowState.STAGED_AND_PERFORMED_UPDATE:
-        if status is not None and status.current_state is ShadowState.IDLE:
+        reported = status is None or status.current_state is not ShadowState.IDLE
+        if not reported and (gives_up is None or now < gives_up):
             return spec  # the agent may be staging: sent back once it has said so
         return ShadowSpec(
             state=ShadowState.IDLE,

@@ -627,3 +627,17 @@ async def test_a_statefulset_pod_without_a_successor_ends_the_drain_after_the_qu
             pace=replace(PACE, quiet=30.0),
             backoff=FAST,
         )
+
+
+async def test_a_look_for_the_successor_that_hangs_is_bounded_by_the_quiet() -> None:
+    """A lookup that never answers (a kube-apiserver gone mid-request; the client's own timeout is 30 s)
+    ends the wait at `Pace.quiet`, not at the drain's time limit (found by review)."""
+
+    class Hanging(Pods):
+        async def get_pod(self, namespace: str, name: str) -> Obj | None:
+            await asyncio.Event().wait()
+            return None
+
+    api = Hanging([pod("web-1", owner="StatefulSet", owner_uid="ss")])
+    result = await drain(api, "n", time_limit=2, pace=replace(PACE, quiet=0.3), backoff=FAST)
+    assert (result.evicted, api.pods) == (1, {})

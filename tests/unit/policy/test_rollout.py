@@ -189,6 +189,23 @@ def test_a_node_that_leaves_before_any_disruption_is_sent_back_to_idle_once_it_h
         assert result.active == 1
 
 
+def test_a_leaving_node_whose_agent_never_reports_the_staging_is_let_go_at_its_stuck_deadline() -> None:
+    """An agent that is dead (or cannot reach its host) never reports: the node is waited for until the
+    staging's stuck deadline (1 h by default), then sent back to Idle, so it frees its slot."""
+    staging = shadow(
+        "staging", spec=S.STAGED_AND_PERFORMED_UPDATE, state=S.IDLE, target="1.1.0", spec_version="1.1.0"
+    )
+    for started, wanted in (
+        (NOW - timedelta(minutes=59), S.STAGED_AND_PERFORMED_UPDATE),
+        (NOW - timedelta(hours=2), S.IDLE),
+    ):
+        leaving = replace(
+            staging, spec=replace(staging.spec, state_transition_timestamp=Timestamp.from_datetime(started))
+        )
+        result = run([leaving], nodes_for([leaving], staging=IN_CYCLE), limit=1)
+        assert result.spec_changes.get("brs-staging", leaving.spec).state is wanted
+
+
 def test_a_settled_node_that_left_loses_the_in_cycle_label_then_its_shadow() -> None:
     done = shadow("done", current="1.1.0", target="1.1.0")
     labelled = run([done], nodes_for([done], done=IN_CYCLE), limit=1)
