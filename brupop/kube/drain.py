@@ -103,7 +103,10 @@ class Pace:
     """Seconds without a pod bound to the node that a drain which saw late pods waits before it ends; also
     the longest it waits for a StatefulSet pod's successor to be bound."""
     successor_poll: float = 0.1
-    """Seconds between two looks for a StatefulSet pod's successor."""
+    """Seconds between the first two looks for a StatefulSet pod's successor; each later gap is 1.5 times
+    the one before, up to `successor_poll_cap` (a successor is bound within a second or so, but one that
+    stays pending would otherwise cost ten GETs a second for the whole `quiet`)."""
+    successor_poll_cap: float = 0.5
 
 
 class PodApi(Protocol):
@@ -222,6 +225,9 @@ class _Target:
     """Since when every answer has been a denial (403 Forbidden)."""
     reported_at: float | None = None
     reported_disruption: str | None = None
+    disruptions_seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """PDB -> the `disruptedPods` entry for this pod it last showed, and when (our monotonic clock) the drain
+    first saw that entry."""
     waiting: bool = False
     """No more evictions: the pod is deleted by someone else (its namespace is terminating)."""
 
@@ -333,6 +339,7 @@ class _Drain:
         namespace, name = key.split("/", 1)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.pace.quiet
+        gap = self.pace.successor_poll
         try:
             while loop.time() < deadline:
                 try:
@@ -348,7 +355,8 @@ class _Drain:
                     if bound == self.node:
                         self.arrived(pod)
                     return
-                await asyncio.sleep(self.pace.successor_poll)
+                await asyncio.sleep(gap)
+                gap = min(gap * 1.5, self.pace.successor_poll_cap)
         finally:
             if self.successors.get(key) is asyncio.current_task():
                 del self.successors[key]
@@ -448,11 +456,15 @@ class _Drain:
 
     async def _stale_disruption(self, key: str, target: _Target, answer: Eviction) -> float | None:
         """When a PDB that refused `key` counts it as disrupted although it lives on (an eviction whose
-        delete was lost): report it once per entry and return the seconds until the entry expires."""
+        delete was lost): report it once per entry and return the seconds until the entry expires.
+
+        An entry's age is how long this drain has seen it, on its own monotonic clock: its time was written
+        by the kube-apiserver's clock, which may differ from ours by more than `Pace.stale_after` (a clock
+        ahead took another client's eviction in flight for a lost one; one behind hid a lost one)."""
         if not answer.pdbs or is_terminating(target.pod):
             return None
         meta = target.pod["metadata"]
-        now = datetime.now(UTC)
+        mono = asyncio.get_running_loop().time()
         for pdb in sorted(answer.pdbs):
             try:
                 disrupted = await self.api.disrupted_pods(meta["namespace"], pdb)
@@ -461,12 +473,18 @@ class _Drain:
                 continue
             since = disrupted.get(meta["name"])
             counted = _instant(since)
-            if counted is None or (now - counted).total_seconds() < self.pace.stale_after:
+            if since is None or counted is None:
+                target.disruptions_seen.pop(pdb, None)
+                continue
+            seen = target.disruptions_seen.get(pdb)
+            if seen is None or seen[0] != since:
+                seen = target.disruptions_seen[pdb] = (since, mono)
+            if mono - seen[1] < self.pace.stale_after:
                 continue
             expires = counted + DISRUPTION_EXPIRY
             if since != target.reported_disruption:
                 target.reported_disruption = since
-                target.reported_at = asyncio.get_running_loop().time()
+                target.reported_at = mono
                 message = (
                     f"PodDisruptionBudget {meta['namespace']}/{pdb} has counted pod {key} as disrupted since "
                     f"{since}, but the pod was never deleted (an eviction whose delete was lost, e.g. when "
@@ -482,7 +500,10 @@ class _Drain:
                     since=since,
                 )
                 self.notify(Notice("StaleDisruption", key, message, (pdb,)))
-            return max((expires - now).total_seconds(), 0.0) + 0.5
+            # By our clock, and at the latest the expiry after we first saw it (our clock may lag theirs).
+            by_clock = (expires - datetime.now(UTC)).total_seconds()
+            by_sight = seen[1] + DISRUPTION_EXPIRY.total_seconds() - mono
+            return max(min(by_clock, by_sight), 0.0) + 0.5
         return None
 
     # Watching the node's pods.

@@ -433,9 +433,20 @@ async def test_evictions_refused_for_long_are_reported_while_they_last() -> None
     assert "DisruptionBudget" in refused[0].message
 
 
-async def test_a_pdb_holding_a_lost_eviction_is_named_and_the_pod_tried_as_it_expires() -> None:
+def _server_time(ours_ahead_by: float, age: float) -> str:
+    """A `disruptedPods` time written `age` seconds ago by a kube-apiserver whose clock is behind ours by
+    `ours_ahead_by` seconds."""
+    moment = datetime.now(UTC) - timedelta(seconds=ours_ahead_by + age)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize("ours_ahead_by", [0.0, -300.0])
+async def test_a_pdb_holding_a_lost_eviction_is_named_and_the_pod_tried_as_it_expires(
+    ours_ahead_by: float,
+) -> None:
     """Item 27 of issue 14: the PDB counts pod `a` as disrupted (an eviction whose delete was lost) while
-    `a` lives on; the drain names the PDB and the pod and gets `a` out once the entry expires."""
+    `a` lives on; the drain names the PDB and the pod and gets `a` out once the entry expires. Also when our
+    clock is 5 minutes behind the kube-apiserver's (by our clock the entry was written in the future)."""
 
     class StaleBudget(Pods):
         expires = 0.0
@@ -447,9 +458,9 @@ async def test_a_pdb_holding_a_lost_eviction_is_named_and_the_pod_tried_as_it_ex
             return await super().evict(namespace, name, uid)
 
     api = StaleBudget([pod("a")])
-    counted = datetime.now(UTC) - timedelta(minutes=2) + timedelta(seconds=0.3)
-    api.disrupted = {"web": {"a": counted.isoformat().replace("+00:00", "Z")}}
-    api.expires = asyncio.get_running_loop().time() + 0.3
+    left = 1.5  # seconds until the disruption controller expires the entry; more than PACE.stale_after
+    api.disrupted = {"web": {"a": _server_time(ours_ahead_by, 120 - left)}}
+    api.expires = asyncio.get_running_loop().time() + left
     notices: list[Notice] = []
     assert (await run(api, notices=notices)).evicted == 1
     stale = [n for n in notices if n.reason == "StaleDisruption"]
@@ -458,9 +469,12 @@ async def test_a_pdb_holding_a_lost_eviction_is_named_and_the_pod_tried_as_it_ex
     assert "has counted pod default/a as disrupted since" in stale[0].message
 
 
-async def test_a_fresh_disruption_entry_is_no_stale_one() -> None:
+@pytest.mark.parametrize("ours_ahead_by", [0.0, 60.0])
+async def test_a_fresh_disruption_entry_is_no_stale_one(ours_ahead_by: float) -> None:
+    """Another client's eviction in flight, its entry written just now: not a lost one, also when our clock
+    is a minute ahead of the kube-apiserver's (by our clock the entry is a minute old)."""
     api = Pods([pod("a")], answers={"a": [BLOCKED] * 3 + [EVICTED]})
-    api.disrupted = {"web": {"a": datetime.now(UTC).isoformat()}}  # another eviction, just now
+    api.disrupted = {"web": {"a": _server_time(ours_ahead_by, 0.0)}}
     notices: list[Notice] = []
     await run(api, notices=notices)
     assert not [n for n in notices if n.reason == "StaleDisruption"]
@@ -602,6 +616,21 @@ async def test_a_successor_still_pending_is_waited_for_until_it_is_bound() -> No
     api = StatefulSet([pod("web-1", owner="StatefulSet", owner_uid="ss")])
     result = await drain(api, "n", time_limit=5, pace=replace(PACE, quiet=2.0), backoff=FAST)
     assert (result.evicted, api.pods, api.evictions) == (2, {}, ["web-1", "web-1"])
+
+
+async def test_a_successor_that_stays_pending_is_looked_for_ever_less_often() -> None:
+    """A successor that no scheduler binds (no room anywhere) is looked for over the whole `Pace.quiet`:
+    the looks start 0.1 s apart and grow to 0.5 s, not ten a second for the 2 s (found by review)."""
+
+    class Unschedulable(Pods):
+        def replaced(self, gone: Obj) -> None:
+            successor = pod("web-1", uid="web-1-b", owner="StatefulSet", owner_uid="ss")
+            self.elsewhere["web-1"] = successor | {"spec": {}}
+
+    api = Unschedulable([pod("web-1", owner="StatefulSet", owner_uid="ss")])
+    result = await drain(api, "n", time_limit=5, pace=replace(PACE, quiet=2.0), backoff=FAST)
+    assert (result.evicted, api.pods) == (1, {})
+    assert 2 <= api.gets <= 9  # at 0, 0.1, 0.25, 0.48, 0.81, 1.31, 1.81 s
 
 
 async def test_a_statefulset_pod_without_a_successor_ends_the_drain_after_the_quiet() -> None:
