@@ -344,6 +344,12 @@ class Controllers:
         return stopped
 
 
+ENDPOINT_LAG = 2.0
+"""Seconds a killed apiserver replica's endpoint stays behind the Service: the kubelet sees the container
+die (its pod lifecycle relist runs every second), marks the pod not ready, and the EndpointSlice controller
+and kube-proxy (whose iptables sync waits at least a second) follow; connections meanwhile are refused."""
+
+
 class Replicas:
     """The apiserver Deployment: replica processes behind one Service; a killed replica is replaced, as its
     ReplicaSet would."""
@@ -381,6 +387,5 @@ class Replicas:
         await replica.process.kill()
         self._world.timeline.note(f"SIGKILL {replica.name}")
         self.live.remove(replica)
-        with contextlib.suppress(ValueError):
-            self.service.backends.remove(replica.port)
+        self.service.retire(replica.port, after=ENDPOINT_LAG)
         await self.start()

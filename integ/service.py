@@ -1,7 +1,11 @@
 """A stand-in for the `brupop-apiserver` Service: a TCP proxy on 127.0.0.1 that spreads connections over
-the replicas, round robin, skipping a replica that refuses the connection (what kube-proxy does once a
-dead pod's endpoint is gone). TLS passes through untouched, so agents and the kube-apiserver's conversion
-webhook calls talk to the replicas as they would in a cluster.
+the replicas' endpoints, round robin. TLS passes through untouched, so agents and the kube-apiserver's
+conversion webhook calls talk to the replicas as they would in a cluster.
+
+A dead replica is not skipped: as kube-proxy does, the Service keeps sending connections to its endpoint
+until the endpoint is removed (`retire`: a killed pod's endpoint goes a moment later, once the kubelet has
+seen the container die and the EndpointSlice controller and kube-proxy have caught up), and a connection
+sent there is refused (here: closed before a byte is answered).
 """
 
 from __future__ import annotations
@@ -39,13 +43,23 @@ class Service:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
+    def retire(self, port: int, *, after: float) -> None:
+        """Remove `port`'s endpoint `after` seconds from now (kube-proxy's lag behind a pod's death)."""
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self.backends.remove(port)
+
+        asyncio.get_running_loop().call_later(after, remove)
+
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        start = next(self._turn)
-        for offset in range(len(self.backends)):
-            port = self.backends[(start + offset) % len(self.backends)]
-            with contextlib.suppress(OSError):
-                return await asyncio.open_connection("127.0.0.1", port)
-        return None
+        if not self.backends:
+            return None
+        port = self.backends[next(self._turn) % len(self.backends)]
+        try:
+            return await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream = await self._connect()
