@@ -38,8 +38,9 @@ from integ.operator import (
     agent_token,
     answering,
     apiserver_pod,
+    in_cluster_env,
     service_account_token,
-    token_kubeconfig,
+    service_account_volume,
 )
 from integ.podenv import container_env
 from integ.processes import IMAGE_USER, BrupopProcess, Exit, RunAs, owned_by
@@ -220,9 +221,12 @@ class Agents:
         directory = world.pod_dir(name)
         directory.mkdir(parents=True, exist_ok=True)
         # The projected volumes of the DaemonSet's pod: the in-cluster token, the apiserver-audience token.
-        kube_token = directory / "token"
-        kube_token.write_text(await pod_bound_token(world.kube, pod, audiences=[]))
-        owned_by(kube_token, user)
+        volume = service_account_volume(
+            world.cluster,
+            directory / "serviceaccount",
+            await pod_bound_token(world.kube, pod, audiences=[]),
+            user,
+        )
         tokens = directory / "tokens"
         tokens.mkdir(exist_ok=True)
         token = tokens / "bottlerocket-agent-service-account-token"
@@ -231,19 +235,12 @@ class Agents:
         ca = directory / "ca.crt"
         shutil.copyfile(Path(world.cluster.directory) / "ca.crt", ca)
         owned_by(ca, user, mode=0o644)
-        kubeconfig = token_kubeconfig(
-            world.cluster,
-            directory / "kubeconfig",
-            token_file=kube_token,
-            server=await world.proxy.listen(name),
-        )
-        owned_by(kubeconfig, user)
         env = {
             # The container's environment as the chart has it, the downward API resolved from the pod:
             **container_env(pod),
             "APISERVER_SERVICE_PORT": str(self._apiserver_port),
             # What the pod's mounts, its host and the cluster's DNS give it, at their local places:
-            "KUBECONFIG": str(kubeconfig),
+            **in_cluster_env(await world.proxy.listen(name)),
             "BRUPOP_APISERVER_URL": f"https://127.0.0.1:{self._apiserver_port}",
             "BRUPOP_TOKEN_FILE": str(token),
             "BRUPOP_CA_FILE": str(ca),
@@ -255,7 +252,14 @@ class Agents:
             **world.clocks.agent(node),
         }
         process = BrupopProcess(
-            pod=name, program="agent", env=env, directory=directory, run_as=user, python=world.python
+            pod=name,
+            program="agent",
+            env=env,
+            directory=directory,
+            run_as=user,
+            python=world.python,
+            service_account=volume,
+            read_only_root=True,
         )
         return world.pods.add(process)
 
@@ -286,17 +290,14 @@ class Controllers:
         directory = world.pod_dir(name)
         directory.mkdir(parents=True, exist_ok=True)
         token = await service_account_token(world.kube, CONTROLLER_SA)
-        kubeconfig = token_kubeconfig(
-            world.cluster, directory / "kubeconfig", token, server=await world.proxy.listen(name)
-        )
-        owned_by(kubeconfig, PROGRAM_USER)
+        volume = service_account_volume(world.cluster, directory / "serviceaccount", token, PROGRAM_USER)
         env = {
             **self._env,
             "POD_NAME": name,
             "CONTROLLER_INTERNAL_PORT": str(free_port()),
             "CONTROLLER_BIND_ADDRESS": "127.0.0.1",
             "BRUPOP_NAMESPACE": NAMESPACE,
-            "KUBECONFIG": str(kubeconfig),
+            **in_cluster_env(await world.proxy.listen(name)),
             **PROGRAM_LOGGING,
             **world.clocks.controller(start),
         }
@@ -308,6 +309,8 @@ class Controllers:
                 directory=directory,
                 run_as=PROGRAM_USER,
                 python=world.python,
+                service_account=volume,
+                read_only_root=True,
             )
         )
         await process.start()
@@ -375,6 +378,7 @@ class Replicas:
             run_as=PROGRAM_USER,
             pod_dir=world.pod_dir(name),
             env=world.clocks.apiserver(start),
+            in_cluster=True,
         )
         world.pods.add(replica.process)
         await answering(replica)

@@ -250,6 +250,27 @@ def token_kubeconfig(
     return path
 
 
+def service_account_volume(cluster: ClusterState, directory: Path, token: str, run_as: RunAs | None) -> Path:
+    """The pod's service account volume as the kubelet projects it (`token`, `ca.crt`, `namespace`), at
+    `directory`; the program sees it at the in-cluster path (`integ.unprivileged`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    (directory / "token").write_text(token)
+    owned_by(directory / "token", run_as)
+    shutil.copyfile(Path(cluster.directory) / "ca.crt", directory / "ca.crt")
+    owned_by(directory / "ca.crt", run_as, mode=0o644)
+    (directory / "namespace").write_text(NAMESPACE)
+    owned_by(directory / "namespace", run_as, mode=0o644)
+    return directory
+
+
+def in_cluster_env(server: str) -> dict[str, str]:
+    """The variables through which the kubelet tells a pod where the Kubernetes API is (the `kubernetes`
+    Service), here `server`: a fault proxy's listener."""
+    address = httpx.URL(server)
+    return {"KUBERNETES_SERVICE_HOST": address.host, "KUBERNETES_SERVICE_PORT": str(address.port)}
+
+
 async def stop_process(process: asyncio.subprocess.Process, *, grace: float) -> None:
     """SIGTERM, as the kubelet sends, then SIGKILL after `grace` seconds; nothing if it already exited."""
     if process.returncode is not None:
@@ -304,21 +325,33 @@ async def apiserver_pod(
     run_as: RunAs | None = None,
     pod_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
+    in_cluster: bool = False,
 ) -> ApiserverProcess:
     """A `brupop apiserver` replica configured by its environment, as the Deployment's pods are, with a
     kubeconfig holding the apiserver service account's token (pointed at `server` when given); its files
     and log are in `pod_dir` (by default <cluster dir>/pods/<name>; one `run_as` may enter when given),
-    and `env` added to its environment. Started, not yet answering."""
+    and `env` added to its environment. Started, not yet answering.
+
+    `in_cluster` (needs `server` and `run_as`) runs it as its container does instead: the token at the
+    in-cluster path, the API's address in `KUBERNETES_SERVICE_HOST`/`_PORT`, a read-only root."""
     await install_rbac(kube)
     pod_dir = pod_dir or Path(cluster.directory) / "pods" / name
     pod_dir.mkdir(parents=True, exist_ok=True)
-    kubeconfig = token_kubeconfig(
-        cluster, pod_dir / "kubeconfig", token=await service_account_token(kube, APISERVER_SA), server=server
-    )
-    owned_by(kubeconfig, run_as)
+    token = await service_account_token(kube, APISERVER_SA)
+    volume: Path | None = None
+    if in_cluster:
+        if server is None or run_as is None:
+            raise ValueError(f"{name}: running in-cluster needs the API's address and a user")
+        volume = service_account_volume(cluster, pod_dir / "serviceaccount", token, run_as)
+        api = in_cluster_env(server)
+    else:
+        kubeconfig = owned_by(
+            token_kubeconfig(cluster, pod_dir / "kubeconfig", token=token, server=server), run_as
+        )
+        api = {"KUBECONFIG": str(kubeconfig)}
     port = free_port()
     env = {
-        "KUBECONFIG": str(kubeconfig),
+        **api,
         "POD_NAME": name,
         "APISERVER_INTERNAL_PORT": str(port),
         "APISERVER_BIND_ADDRESS": "127.0.0.1",
@@ -329,7 +362,14 @@ async def apiserver_pod(
         **(env or {}),
     }
     process = BrupopProcess(
-        pod=name, program="apiserver", env=env, directory=pod_dir, run_as=run_as, python=python
+        pod=name,
+        program="apiserver",
+        env=env,
+        directory=pod_dir,
+        run_as=run_as,
+        python=python,
+        service_account=volume,
+        read_only_root=in_cluster,
     )
     await process.start()
     return ApiserverProcess(running=apiserver_at(cluster, port), port=port, process=process)

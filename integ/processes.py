@@ -104,6 +104,8 @@ class BrupopProcess:
         directory: Path,
         run_as: RunAs | None = None,
         python: str = sys.executable,
+        service_account: Path | None = None,
+        read_only_root: bool = False,
     ) -> None:
         self.pod = pod
         self.program = program
@@ -115,6 +117,11 @@ class BrupopProcess:
                 raise RuntimeError(refusal)
         self.run_as = run_as
         """Who it runs as; the harness's user when None."""
+        if (service_account is not None or read_only_root) and run_as is None:
+            raise ValueError(f"{pod}: a container's mounts need a user to drop to (run_as)")
+        self.service_account = service_account
+        """The directory seen at the in-cluster service account path (`integ.unprivileged`), or None."""
+        self.read_only_root = read_only_root
         self._python = python
         self.log = directory / "brupop.log"
         self.exits: list[Exit] = []
@@ -169,15 +176,23 @@ class BrupopProcess:
         argv = [str(link), self.program]
         user: dict[str, Any] = {}
         who = self.run_as
-        if who is not None and can_run_as(who, self._python):
+        mounts = self.service_account is not None or self.read_only_root
+        if who is not None and not mounts and can_run_as(who, self._python):
             user = {"user": who.uid, "group": who.gid, "extra_groups": list(who.groups)}
-        elif who is not None:  # the interpreter is out of the user's reach: drop to it once started
+        elif who is not None:  # mounts to make, or an interpreter out of the user's reach: drop once started
             if self._python != sys.executable:
                 raise RuntimeError(
                     f"{self.pod}: only this interpreter can drop to uid {who.uid} once started"
                 )
             program = ["--script", str(link), self.program]
-            argv = command(uid=who.uid, gid=who.gid, groups=who.groups, program=program)
+            argv = command(
+                uid=who.uid,
+                gid=who.gid,
+                groups=who.groups,
+                program=program,
+                service_account=self.service_account,
+                read_only_root=self.read_only_root,
+            )
             env["PYTHONPATH"] = str(REPO)
         with self.log.open("ab") as out:
             self._process = await asyncio.create_subprocess_exec(

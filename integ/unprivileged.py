@@ -2,6 +2,12 @@
 (`runAsUser`, `runAsGroup`, `supplementalGroups`): `python -m integ.unprivileged --uid 65532 --gid 65532
 --groups 274 -m brupop agent` (or `-c CODE`, or `--script PATH`: a console script).
 
+With `--service-account DIR` and `--read-only-root` it also sees the filesystem as the chart's container
+does, in a mount namespace of its own: DIR (its token, ca.crt, namespace) read-only at the in-cluster path
+`/var/run/secrets/kubernetes.io/serviceaccount` (on a fresh tmpfs over /run, so the machine's /run is
+neither seen nor changed), and the root filesystem read-only (`readOnlyRootFilesystem: true`; /dev/shm,
+/proc and /sys are mounts of their own, as in a container).
+
 `subprocess` with `user=`/`extra_groups=` would need an interpreter and standard library that user can
 read, and a test machine's Python often lives under a 0700 home (pyenv in /root). So this starts as root,
 sets the groups and the group, and drops the user: real and effective uid become the target, so every file
@@ -15,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib.abc
 import importlib.machinery
 import os
+import re
 import runpy
 import shutil
 import sys
@@ -96,6 +104,56 @@ class _ImportAsRoot(importlib.abc.MetaPathFinder):
         return None
 
 
+SERVICE_ACCOUNT_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+"""Where the kubelet mounts a pod's service account (Kubernetes' in-cluster configuration reads it)."""
+
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+
+
+def _mount(source: str | None, target: Path, fstype: str | None, flags: int, data: str | None = None) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    encoded = [value.encode() if value is not None else None for value in (source, str(target), fstype, data)]
+    if libc.mount(encoded[0], encoded[1], encoded[2], ctypes.c_ulong(flags), encoded[3]) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"mount {target}: {os.strerror(error)}")
+
+
+def isolate(*, service_account: Path | None, read_only_root: bool) -> None:
+    """Give this (root) process the container's view of the filesystem; see the module docstring."""
+    os.unshare(os.CLONE_NEWNS)
+    _mount(None, Path("/"), None, _MS_REC | _MS_PRIVATE)  # nothing done here reaches the machine's mounts
+    run_tmpfs = None
+    if service_account is not None:
+        run = run_tmpfs = Path("/var/run").resolve()  # /run where /var/run is its symlink
+        _mount("pod", run, "tmpfs", 0, "mode=0755")
+        target = run / SERVICE_ACCOUNT_PATH.relative_to("/var/run")
+        target.mkdir(parents=True)
+        _mount(str(service_account), target, None, _MS_BIND)
+        _mount(None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY)
+        _mount(None, run, None, _MS_REMOUNT | _MS_RDONLY)
+    if read_only_root:
+        for point in _mount_points():
+            if point == run_tmpfs or any(point.is_relative_to(k) for k in _KERNEL_MOUNTS):
+                continue
+            kept = os.statvfs(point).f_flag & _KEPT_FLAGS  # what a bind remount would otherwise clear
+            _mount(None, point, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | kept)
+
+
+_KERNEL_MOUNTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+"""A container's own mounts that stay as they are (/dev/shm is writable in a pod too)."""
+_KEPT_FLAGS = 2 | 4 | 8  # nosuid, nodev, noexec: the same bits in statvfs's f_flag and in mount's flags
+
+
+def _mount_points() -> list[Path]:
+    """Every mount point of this mount namespace (field 5 of /proc/self/mountinfo, with
+    its octal escapes undone)."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        escaped = line.split()[4]
+        points.append(Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), escaped)))
+    return points
+
+
 def become(uid: int, gid: int, groups: Sequence[int]) -> None:
     """Turn this (root) process into `uid`:`gid` with supplementary `groups`; see the module docstring."""
     os.setgroups(list(groups))
@@ -116,9 +174,17 @@ def needs_root(what: str) -> str | None:
     )
 
 
-def command(*, uid: int, gid: int, groups: Sequence[int], program: Sequence[str]) -> list[str]:
+def command(
+    *,
+    uid: int,
+    gid: int,
+    groups: Sequence[int],
+    program: Sequence[str],
+    service_account: Path | None = None,
+    read_only_root: bool = False,
+) -> list[str]:
     """The command line that runs `python PROGRAM...` (`-m MODULE ARGS...`, `-c CODE ARGS...` or
-    `--script PATH ARGS...`) as `uid`:`gid` with supplementary `groups`."""
+    `--script PATH ARGS...`) as `uid`:`gid` with supplementary `groups` (and the mounts the options ask)."""
     return [
         sys.executable,
         "-m",
@@ -128,6 +194,8 @@ def command(*, uid: int, gid: int, groups: Sequence[int], program: Sequence[str]
         "--gid",
         str(gid),
         *(["--groups", ",".join(map(str, groups))] if groups else []),
+        *(["--service-account", str(service_account)] if service_account is not None else []),
+        *(["--read-only-root"] if read_only_root else []),
         *program,
     ]
 
@@ -148,12 +216,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="python -m integ.unprivileged",
-        usage="%(prog)s --uid UID --gid GID [--groups G,G] (-m MODULE | -c CODE | --script PATH) [ARGS...]",
+        usage="%(prog)s --uid UID --gid GID [--groups G,G] [--service-account DIR] [--read-only-root] "
+        "(-m MODULE | -c CODE | --script PATH) [ARGS...]",
         description=__doc__,
     )
     parser.add_argument("--uid", type=int, required=True)
     parser.add_argument("--gid", type=int, required=True)
     parser.add_argument("--groups", default="", help="supplementary group IDs, comma-separated")
+    parser.add_argument(
+        "--service-account", type=Path, help="mounted read-only at " + str(SERVICE_ACCOUNT_PATH)
+    )
+    parser.add_argument("--read-only-root", action="store_true", help="the root filesystem read-only")
     # Everything after -m MODULE, -c CODE or --script PATH belongs to the program, as with python itself.
     split = next((i for i, arg in enumerate(argv) if arg in ("-m", "-c", "--script")), None)
     if split is None or split + 1 >= len(argv):
@@ -178,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = compile(Path(target).read_bytes() if script else target, name, "exec")
         except (OSError, SyntaxError) as error:
             print(f"python -m integ.unprivileged: cannot run {name}: {error}", file=sys.stderr)
+            return 2
+    if options.service_account is not None or options.read_only_root:
+        try:
+            isolate(service_account=options.service_account, read_only_root=options.read_only_root)
+        except OSError as error:
+            print(f"python -m integ.unprivileged: cannot isolate the program: {error}", file=sys.stderr)
             return 2
     become(options.uid, options.gid, groups)
     if code is None:

@@ -82,3 +82,49 @@ def test_a_script_that_cannot_be_read_is_one_line_and_status_2(shared: Path) -> 
         f"python -m integ.unprivileged: cannot run {shared / 'missing'}: "
         f"[Errno 2] No such file or directory: '{shared / 'missing'}'"
     ]
+
+
+def test_an_isolated_program_sees_its_service_account_in_cluster_on_a_read_only_root(shared: Path) -> None:
+    """As the chart's container (issue 15, review finding 8: programs reached the API through a kubeconfig
+    on a writable root): the pod's token at the in-cluster path, read-only, and no file written anywhere;
+    the machine's /run is neither seen nor changed."""
+    volume = shared / "serviceaccount"
+    volume.mkdir(mode=0o755)
+    (volume / "token").write_text("pod-token")
+    (volume / "token").chmod(0o644)
+    code = """
+import os
+from pathlib import Path
+sa = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+print((sa / "token").read_text())
+for target in (sa / "new", Path(os.getcwd()) / "new", Path("/tmp/brupop-test-new"), Path("/dev/shm/x")):
+    try:
+        target.write_text("x")
+        print("wrote", target)
+    except OSError as err:
+        print(err.strerror)
+print(sorted(os.listdir("/run")))
+Path("/dev/shm/x").unlink()
+"""
+    done = subprocess.run(
+        command(
+            uid=65532,
+            gid=65532,
+            groups=[],
+            program=["-c", code],
+            service_account=volume,
+            read_only_root=True,
+        ),
+        capture_output=True,
+        text=True,
+        cwd=shared,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "pod-token",
+        *["Read-only file system"] * 3,
+        "wrote /dev/shm/x",  # as in a pod
+        "['secrets']",
+    ]
+    assert sorted(p.name for p in volume.iterdir()) == ["token"]
