@@ -83,6 +83,24 @@ class World:
     def pod_dir(self, name: str) -> Path:
         return self.directory / "pods" / name
 
+    def container(
+        self, pod: str, program: str, env: Mapping[str, str], *, run_as: RunAs, service_account: Path
+    ) -> BrupopProcess:
+        """`program` as `pod`'s container runs it (its service account in-cluster, a read-only root), one
+        of the run's processes."""
+        return self.pods.add(
+            BrupopProcess(
+                pod=pod,
+                program=program,
+                env=env,
+                directory=self.pod_dir(pod),
+                run_as=run_as,
+                python=self.python,
+                service_account=service_account,
+                read_only_root=True,
+            )
+        )
+
 
 class Pods:
     """Every brupop process of a run; `watch` raises on the first exit that nobody asked for."""
@@ -251,17 +269,7 @@ class Agents:
             "AGENT_INTERNAL_PORT": str(free_port()),  # every node's pod has the port; here they share a host
             **world.clocks.agent(node),
         }
-        process = BrupopProcess(
-            pod=name,
-            program="agent",
-            env=env,
-            directory=directory,
-            run_as=user,
-            python=world.python,
-            service_account=volume,
-            read_only_root=True,
-        )
-        return world.pods.add(process)
+        return world.container(name, "agent", env, run_as=user, service_account=volume)
 
     async def kill(self, node: str) -> None:
         await self.processes[node].kill()
@@ -301,18 +309,7 @@ class Controllers:
             **PROGRAM_LOGGING,
             **world.clocks.controller(start),
         }
-        process = world.pods.add(
-            BrupopProcess(
-                pod=name,
-                program="controller",
-                env=env,
-                directory=directory,
-                run_as=PROGRAM_USER,
-                python=world.python,
-                service_account=volume,
-                read_only_root=True,
-            )
-        )
+        process = world.container(name, "controller", env, run_as=PROGRAM_USER, service_account=volume)
         await process.start()
         self.live.append(process)
         world.timeline.note(f"{name} started (pid {process.pid}, {process.user})")
