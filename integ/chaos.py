@@ -31,7 +31,7 @@ from brupop.models.constants import AGENT_COMPONENT, COMPONENT_LABEL, NAMESPACE,
 from brupop.models.host import CommandType
 from integ.actors import GRACE
 from integ.clocks import Clocks
-from integ.cluster import ClusterState, restart_component
+from integ.cluster import ClusterState, caught_up, restart_component
 from integ.e2e import Chaos, Options, Run, Scenario, ideal_seconds, quietly, run_scenario
 from integ.faultproxy import Fault, Match
 from integ.hostsim.host import SimulatedHost
@@ -384,7 +384,10 @@ async def campaign(
 ) -> list[Outcome]:
     outcomes = []
     for n in range(runs):
+        stops = cluster.stops
         outcome = await one_run(cluster, kube, work, seed + n, time_scale=time_scale)
+        if cluster.stops != stops:  # the next run starts as a replay of it does, on a caught-up cluster
+            await asyncio.to_thread(caught_up, cluster)
         outcomes.append(outcome)
         print(line(outcome), file=out, flush=True)
         if outcome.verdict != "ok":

@@ -4,7 +4,8 @@ processes on 127.0.0.1, with a fresh PKI and an admin kubeconfig.
 Each process runs in its own process group with its output in `<dir>/logs/<name>.log`. The PIDs are
 recorded in `.integ/cluster.json` (repo-local, git-ignored), so `down` and the next `up` can kill what a
 crashed run left behind. `up` returns only when the cluster is really usable: /readyz answers, the
-controller manager has created the `default` service account, and kwok has made a probe node Ready.
+controller manager has created the `default` service account, and a probe DaemonSet's pod runs on a
+probe node (`caught_up`, also what the suite waits for after a test restarted a component).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class ClusterState:
     commands: dict[str, list[str]] = field(default_factory=dict)
     """How each component was started (argv, then its extra environment), so it can be started again."""
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
+    stops: int = 0
+    """How many times a component was stopped after `up`: the control plane's own clients back off after one
+    (see `caught_up`)."""
 
     def save(self) -> None:
         STATE_FILE.parent.mkdir(exist_ok=True)
@@ -132,6 +136,8 @@ def launch(state: ClusterState, name: str) -> None:
 def stop_component(state: ClusterState, name: str, *, sig: int = signal.SIGKILL) -> None:
     """Stop one component (SIGKILL by default: a crash, not a shutdown) and wait until it is gone."""
     pid = state.pids[name]
+    state.stops += 1
+    state.save()
     _signal(pid, sig)
     deadline = time.monotonic() + 30
     while _signal(pid, 0) and time.monotonic() < deadline:
@@ -153,16 +159,113 @@ def restart_component(
         time.sleep(down_for)
     launch(state, name)
     if name in ("kube-apiserver", "etcd"):
-        directory = Path(state.directory)
-        context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
-        context.load_cert_chain(str(directory / "admin.crt"), str(directory / "admin.key"))
-        with httpx.Client(base_url=state.server, verify=context, timeout=5) as admin:
+        with admin_client(state) as admin:
             _wait(
                 f"kube-apiserver /readyz after restarting {name}",
                 lambda: admin.get("/readyz").status_code == 200,
                 timeout=90,
-                logs=directory / "logs" / f"{name}.log",
+                logs=Path(state.directory) / "logs" / f"{name}.log",
             )
+
+
+def admin_client(state: ClusterState) -> httpx.Client:
+    """A synchronous client with the cluster's admin certificate (system:masters)."""
+    directory = Path(state.directory)
+    context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
+    context.load_cert_chain(str(directory / "admin.crt"), str(directory / "admin.key"))
+    return httpx.Client(base_url=state.server, verify=context, timeout=5)
+
+
+PROBE_LABEL = "brupop-integ/probe"
+
+
+def caught_up(state: ClusterState, *, timeout: float = 120.0) -> float:
+    """Return, with the seconds it took, once the control plane acts on a new node as it should: kwok makes
+    a fresh probe node Ready, kube-controller-manager makes a probe DaemonSet's pod for it, kube-scheduler
+    binds it, kwok runs it, and the garbage collector removes it with its DaemonSet.
+
+    After kube-apiserver (or etcd) went away, the reflectors of the controller manager and of the scheduler
+    (client-go) retry their lists and watches with a backoff that doubles up to 30 s: here a DaemonSet pod
+    for a node made after a 15 s outage was bound 25 s late. A real cluster does the same, and the test that
+    restarts the API server lives with it; the test after it must not (an agent pod 30 s late failed CI in
+    the test after next), so the suite waits for this between them (tests/integ/conftest.py)."""
+    started = time.monotonic()
+    name = f"caught-up-probe-{os.getpid()}-{state.stops}-{random.randrange(1 << 32):08x}"
+    logs = Path(state.directory) / "logs"
+    labels = {PROBE_LABEL: name}
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {KWOK_NODE_LABEL[0]: KWOK_NODE_LABEL[1], **labels},
+            "annotations": {KWOK_NODE_LABEL[0]: KWOK_NODE_LABEL[1]},
+        },
+        "spec": {"taints": [{"key": PROBE_LABEL, "effect": "NoSchedule"}]},  # nobody else's pods land here
+    }
+    daemonset = {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": labels,
+                    "tolerations": [{"operator": "Exists"}],
+                    "automountServiceAccountToken": False,
+                    "containers": [{"name": "probe", "image": "probe"}],
+                },
+            },
+        },
+    }
+    daemonsets = "/apis/apps/v1/namespaces/default/daemonsets"
+    selector = {"labelSelector": f"{PROBE_LABEL}={name}"}
+
+    def left() -> float:
+        return max(timeout - (time.monotonic() - started), 1.0)
+
+    with admin_client(state) as admin:
+        admin.post("/api/v1/nodes", json=node).raise_for_status()
+        admin.post(daemonsets, json=daemonset).raise_for_status()
+
+        def ready() -> bool:
+            got: dict[str, Any] = admin.get(f"/api/v1/nodes/{name}").json()
+            conditions = (got.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        def probe_pods() -> list[dict[str, Any]]:
+            answer = admin.get("/api/v1/namespaces/default/pods", params=selector)
+            found: list[dict[str, Any]] = answer.json()["items"]
+            return found
+
+        def pod_where(test: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
+            return lambda: any(test(p) for p in probe_pods())
+
+        def bound(pod: dict[str, Any]) -> bool:
+            return bool(pod["spec"].get("nodeName") == name)
+
+        def running(pod: dict[str, Any]) -> bool:
+            return bool(pod.get("status", {}).get("phase") == "Running")
+
+        _wait("kwok to make a probe node Ready", ready, timeout=left(), logs=logs / "kwok.log")
+        waits = (
+            ("the probe DaemonSet's pod", pod_where(lambda _: True), "kube-controller-manager"),
+            ("the probe pod bound to its node", pod_where(bound), "kube-scheduler"),
+            ("the probe pod Running", pod_where(running), "kwok"),
+        )
+        for what, check, component in waits:
+            _wait(what, check, timeout=left(), logs=logs / f"{component}.log")
+        admin.delete(f"{daemonsets}/{name}", params={"propagationPolicy": "Background"}).raise_for_status()
+        _wait(
+            "the garbage collector to remove the probe pod",
+            lambda: not probe_pods(),
+            timeout=left(),
+            logs=logs / "kube-controller-manager.log",
+        )
+        admin.delete(f"/api/v1/nodes/{name}").raise_for_status()
+    return time.monotonic() - started
 
 
 def down(*, keep_files: bool = False) -> None:
@@ -204,12 +307,6 @@ class LocalCluster:
         self.state.commands[name] = [str(self.bins / name), *args]
         self.state.envs[name] = dict(env or {})
         launch(self.state, name)
-
-    def _admin(self) -> httpx.Client:
-        assert self.state is not None
-        context = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
-        context.load_cert_chain(str(self.dir / "admin.crt"), str(self.dir / "admin.key"))
-        return httpx.Client(base_url=self.state.server, verify=context, timeout=5)
 
     def up(self, *, timeout: float = 90.0) -> ClusterState:
         down()  # leftovers of a crashed run
@@ -284,7 +381,7 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        with self._admin() as admin:
+        with admin_client(self.state) as admin:
             _wait(
                 "kube-apiserver /readyz",
                 lambda: admin.get("/readyz").status_code == 200,
@@ -324,28 +421,16 @@ class LocalCluster:
         return self.state
 
     def _wait_usable(self, *, timeout: float) -> None:
-        probe = "kwok-probe-node"
-        with self._admin() as admin:
+        assert self.state is not None
+        started = time.monotonic()
+        with admin_client(self.state) as admin:
             _wait(
                 "the default service account (kube-controller-manager)",
                 lambda: admin.get("/api/v1/namespaces/default/serviceaccounts/default").status_code == 200,
                 timeout=timeout,
                 logs=self.logs / "kube-controller-manager.log",
             )
-            body = {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": probe, "labels": dict([KWOK_NODE_LABEL])},
-            }
-            admin.post("/api/v1/nodes", json=body).raise_for_status()
-
-            def ready() -> bool:
-                node: dict[str, Any] = admin.get(f"/api/v1/nodes/{probe}").json()
-                conditions = (node.get("status") or {}).get("conditions") or []
-                return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-            _wait("a kwok node to become Ready", ready, timeout=timeout, logs=self.logs / "kwok.log")
-            admin.delete(f"/api/v1/nodes/{probe}")
+        caught_up(self.state, timeout=max(timeout - (time.monotonic() - started), 10.0))
 
     def _write_kubeconfig(self, server: str) -> None:
         config = {

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from brupop.kube.client import DEPLOYMENTS, NODES, PDBS, PODS, TOKEN_REVIEWS, ApiError, KubeClient
-from integ.cluster import ClusterState
+from integ.cluster import ClusterState, caught_up, restart_component
 from integ.kubetools import (
     client_with_token,
     create_nodes,
@@ -205,3 +205,17 @@ async def test_a_service_account_client_is_held_to_its_role(cluster: ClusterStat
         with pytest.raises(ApiError) as cluster_wide:
             await reader.list(NODES)
         assert cluster_wide.value.status == 403
+
+
+@pytest.mark.integration
+def test_after_the_api_server_went_away_the_suite_waits_until_new_nodes_get_their_daemonset_pods(
+    cluster: ClusterState,
+) -> None:
+    """The controller manager and the scheduler back off their watches after kube-apiserver went away (a
+    DaemonSet pod was bound 25 s after its node here): `caught_up`, which the suite runs after such a test,
+    returns only once they act on a new node again, so a second probe right after it is prompt."""
+    stops = cluster.stops
+    restart_component(cluster, "kube-apiserver", down_for=15)
+    assert cluster.stops == stops + 1
+    caught_up(cluster, timeout=120)
+    caught_up(cluster, timeout=10)  # raises ClusterError unless every step of it is prompt
