@@ -386,7 +386,7 @@ async def campaign(
     for n in range(runs):
         stops = cluster.stops
         outcome = await one_run(cluster, kube, work, seed + n, time_scale=time_scale)
-        if cluster.stops != stops:  # the next run starts as a replay of it does, on a caught-up cluster
+        if cluster.stops != stops:  # the next run starts as its replay would: on a caught-up cluster
             await asyncio.to_thread(caught_up, cluster)
         outcomes.append(outcome)
         print(line(outcome), file=out, flush=True)

@@ -187,8 +187,8 @@ def caught_up(state: ClusterState, *, timeout: float = 120.0) -> float:
     After kube-apiserver (or etcd) went away, the reflectors of the controller manager and of the scheduler
     (client-go) retry their lists and watches with a backoff that doubles up to 30 s: here a DaemonSet pod
     for a node made after a 15 s outage was bound 25 s late. A real cluster does the same, and the test that
-    restarts the API server lives with it; the test after it must not (an agent pod 30 s late failed CI in
-    the test after next), so the suite waits for this between them (tests/integ/conftest.py)."""
+    restarts the API server lives with it; the tests after it must not (an agent pod not there within 30 s
+    failed one four tests later in CI), so the suite waits for this between them (tests/integ/conftest.py)."""
     started = time.monotonic()
     name = f"caught-up-probe-{os.getpid()}-{state.stops}-{random.randrange(1 << 32):08x}"
     logs = Path(state.directory) / "logs"

@@ -29,7 +29,7 @@ def cluster() -> Iterator[ClusterState]:
 @pytest.fixture(autouse=True)
 def caught_up_after_stops(request: pytest.FixtureRequest) -> Iterator[None]:
     """A restarted kube-apiserver leaves the controller manager and the scheduler backing off for up to 30 s
-    (integ.cluster.caught_up); a DaemonSet pod 30 s late failed the test after next in CI."""
+    (integ.cluster.caught_up); an agent DaemonSet pod not there within 30 s failed a later test in CI."""
     if "cluster" not in request.fixturenames:
         yield
         return
