@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,13 +176,21 @@ def admin_client(state: ClusterState) -> httpx.Client:
     return httpx.Client(base_url=state.server, verify=context, timeout=5)
 
 
+def is_ready(node: Mapping[str, Any]) -> bool:
+    """Whether a Node's Ready condition is True."""
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (node.get("status") or {}).get("conditions") or ()
+    )
+
+
 PROBE_LABEL = "brupop-integ/probe"
 
 
-def caught_up(state: ClusterState, *, timeout: float = 120.0) -> float:
-    """Return, with the seconds it took, once the control plane acts on a new node as it should: kwok makes
-    a fresh probe node Ready, kube-controller-manager makes a probe DaemonSet's pod for it, kube-scheduler
-    binds it, kwok runs it, and the garbage collector removes it with its DaemonSet.
+def caught_up(state: ClusterState, *, timeout: float = 120.0) -> None:
+    """Return once the control plane acts on a new node as it should: kwok makes a fresh probe node Ready,
+    kube-controller-manager makes a probe DaemonSet's pod for it, kube-scheduler binds it, kwok runs it, and
+    the garbage collector removes it with its DaemonSet.
 
     After kube-apiserver (or etcd) went away, the reflectors of the controller manager and of the scheduler
     (client-go) retry their lists and watches with a backoff that doubles up to 30 s: here a DaemonSet pod
@@ -230,11 +238,6 @@ def caught_up(state: ClusterState, *, timeout: float = 120.0) -> float:
         admin.post("/api/v1/nodes", json=node).raise_for_status()
         admin.post(daemonsets, json=daemonset).raise_for_status()
 
-        def ready() -> bool:
-            got: dict[str, Any] = admin.get(f"/api/v1/nodes/{name}").json()
-            conditions = (got.get("status") or {}).get("conditions") or []
-            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
         def probe_pods() -> list[dict[str, Any]]:
             answer = admin.get("/api/v1/namespaces/default/pods", params=selector)
             found: list[dict[str, Any]] = answer.json()["items"]
@@ -249,7 +252,12 @@ def caught_up(state: ClusterState, *, timeout: float = 120.0) -> float:
         def running(pod: dict[str, Any]) -> bool:
             return bool(pod.get("status", {}).get("phase") == "Running")
 
-        _wait("kwok to make a probe node Ready", ready, timeout=left(), logs=logs / "kwok.log")
+        _wait(
+            "kwok to make a probe node Ready",
+            lambda: is_ready(admin.get(f"/api/v1/nodes/{name}").json()),
+            timeout=left(),
+            logs=logs / "kwok.log",
+        )
         waits = (
             ("the probe DaemonSet's pod", pod_where(lambda _: True), "kube-controller-manager"),
             ("the probe pod bound to its node", pod_where(bound), "kube-scheduler"),
@@ -265,7 +273,6 @@ def caught_up(state: ClusterState, *, timeout: float = 120.0) -> float:
             logs=logs / "kube-controller-manager.log",
         )
         admin.delete(f"/api/v1/nodes/{name}").raise_for_status()
-    return time.monotonic() - started
 
 
 def down(*, keep_files: bool = False) -> None:

@@ -30,7 +30,7 @@ from brupop.models.constants import (
     UPDATER_INTERFACE_LABEL,
     UPDATER_INTERFACE_VERSION,
 )
-from integ.cluster import KWOK_NODE_LABEL, ClusterState
+from integ.cluster import KWOK_NODE_LABEL, ClusterState, is_ready
 from integ.helm import chart_objects, find
 
 T = TypeVar("T")
@@ -89,13 +89,6 @@ def client_with_token(state: ClusterState, token: str) -> KubeClient:
     """A client that authenticates with `token` only (no admin certificate)."""
     base = KubeConfig.from_kubeconfig(Path(state.kubeconfig))
     return KubeClient(KubeConfig(server=base.server, ca_file=base.ca_file, token=token, _keep=base._keep))
-
-
-def is_ready(node: Mapping[str, Any]) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (node.get("status") or {}).get("conditions") or ()
-    )
 
 
 async def create_nodes(
