@@ -387,7 +387,10 @@ async def campaign(
         stops = cluster.stops
         outcome = await one_run(cluster, kube, work, seed + n, time_scale=time_scale)
         if cluster.stops != stops:  # the next run starts as its replay would: on a caught-up cluster
-            await asyncio.to_thread(caught_up, cluster)
+            try:
+                await asyncio.to_thread(caught_up, cluster)
+            except Exception:  # a cluster left unusable is this run's failure, told with its seed
+                outcome = replace(outcome, verdict="harness", message=traceback.format_exc())
         outcomes.append(outcome)
         print(line(outcome), file=out, flush=True)
         if outcome.verdict != "ok":

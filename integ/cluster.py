@@ -162,10 +162,15 @@ def restart_component(
         with admin_client(state) as admin:
             _wait(
                 f"kube-apiserver /readyz after restarting {name}",
-                lambda: admin.get("/readyz").status_code == 200,
+                _serving(admin),
                 timeout=90,
                 logs=Path(state.directory) / "logs" / f"{name}.log",
             )
+
+
+def _serving(admin: httpx.Client) -> Callable[[], bool]:
+    """Whether kube-apiserver answers its /readyz with 200, asked each time it is called."""
+    return lambda: admin.get("/readyz").status_code == 200
 
 
 def admin_client(state: ClusterState) -> httpx.Client:
@@ -235,11 +240,13 @@ def caught_up(state: ClusterState, *, timeout: float = 120.0) -> None:
         return max(timeout - (time.monotonic() - started), 1.0)
 
     with admin_client(state) as admin:
+        # A restart whose thread outlived its scenario (a cancelled to_thread runs on) may still be under way.
+        _wait("kube-apiserver /readyz", _serving(admin), timeout=left())
         admin.post("/api/v1/nodes", json=node).raise_for_status()
         admin.post(daemonsets, json=daemonset).raise_for_status()
 
         def probe_pods() -> list[dict[str, Any]]:
-            answer = admin.get("/api/v1/namespaces/default/pods", params=selector)
+            answer = admin.get("/api/v1/namespaces/default/pods", params=selector).raise_for_status()
             found: list[dict[str, Any]] = answer.json()["items"]
             return found
 
@@ -391,7 +398,7 @@ class LocalCluster:
         with admin_client(self.state) as admin:
             _wait(
                 "kube-apiserver /readyz",
-                lambda: admin.get("/readyz").status_code == 200,
+                _serving(admin),
                 timeout=timeout,
                 logs=self.logs / "kube-apiserver.log",
             )
