@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from brupop.kube.client import PODS, SHADOWS
+from brupop.kube.leader import LeaseTiming
 from brupop.models.constants import NAMESPACE
 from brupop.models.host import CommandType
 from brupop.models.shadow import ShadowState
@@ -22,10 +23,10 @@ from integ.kubetools import eventually, until, watch_events
 from integ.monitors import InvariantBrokenError
 from integ.operator import ApiserverProcess
 
-LEASE_SECONDS = 15.0
-RETRY_SECONDS = 2.0
-"""The controllers' Lease timings (brupop.kube.leader.LeaseTiming): a standby takes over an expired Lease
-on its next try, so within LEASE_SECONDS + RETRY_SECONDS of the holder's last renewal."""
+LEASE_SECONDS = LeaseTiming().duration.total_seconds()
+RETRY_SECONDS = LeaseTiming().retry_period.total_seconds()
+"""The controllers' Lease timings (their defaults): a standby takes over an expired Lease on its next try,
+so within LEASE_SECONDS + RETRY_SECONDS of the holder's last renewal."""
 
 
 async def _any_spec(run: Run, state: ShadowState) -> bool:

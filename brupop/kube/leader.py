@@ -1,6 +1,7 @@
 """Leader election on a `coordination.k8s.io/v1` Lease, so several controller replicas are safe: only the
-holder writes. Timings follow client-go's defaults (15 s lease, give up leading when a renewal has not
-succeeded for 10 s, retry every 2 s). On shutdown the leader releases the Lease, so a successor takes over
+holder writes. Timings are client-go's shape, a little longer (a 20 s lease, give up leading when a
+renewal has not succeeded for 15 s, retry every 2 s: client-go's 15 s and 10 s made the leader's renewals
+half its CPU at rest, see `LeaseTiming`). On shutdown the leader releases the Lease, so a successor takes over
 at once instead of waiting for it to expire. A replica that stops leading campaigns again.
 
 Why two replicas never lead at once, even with hung connections and wrong wall clocks:
@@ -18,8 +19,8 @@ Why two replicas never lead at once, even with hung connections and wrong wall c
 
 What it costs at rest (an idle operator should cost nothing): the leader renews with one PUT of the Lease
 it wrote last (client-go's fast path; only a 409, someone else's change, makes it read the Lease first),
-and only once half the renew deadline has passed since its last renewal (5 s), retrying every retry period
-after a failure, so two or three attempts still fit before the deadline. A candidate given a `watch` of
+and only once no more than two retries still fit before the renew deadline (10.2 s after its last
+renewal), retrying every retry period after a failure. A candidate given a `watch` of
 the Lease does not poll it: it sees each renewal (and a release, at once) on the watch and reads the Lease
 again when the record it observed would expire; observing on a watch is observing later than the write,
 so the argument above holds. Without a watch, or while watching fails (say, RBAC without list/watch on
@@ -77,10 +78,17 @@ class LeaseWatch(Protocol):
 @dataclass(frozen=True, slots=True)
 class LeaseTiming:
     """client-go's three timings. The Lease API keeps the duration in whole seconds, so a duration that is
-    not one (a 0.3 s lease would silently become 1 s) is refused rather than rounded."""
+    not one (a 0.3 s lease would silently become 1 s) is refused rather than rounded.
 
-    duration: timedelta = timedelta(seconds=15)
-    renew_deadline: timedelta = timedelta(seconds=10)
+    The defaults are client-go's (15 s, 10 s, 2 s) with 5 s more on the lease and on the deadline: a
+    renewal is the leader's one periodic write, and with a 10 s deadline keeping two retries in hand meant
+    one every 5 s, half the leader's CPU at rest; with 15 s, one every 10.2 s. The price is a later
+    take-over after a crash (20 s after the last renewal instead of 15: a node update takes minutes, and a
+    stopping leader releases the Lease at once); the 5 s between the deadline and the lease's end, which
+    covers writes still in flight, is the same."""
+
+    duration: timedelta = timedelta(seconds=20)
+    renew_deadline: timedelta = timedelta(seconds=15)
     retry_period: timedelta = timedelta(seconds=2)
 
     def __post_init__(self) -> None:
@@ -110,9 +118,11 @@ class LeaseTiming:
 
     @property
     def renew_interval(self) -> float:
-        """Seconds from a successful renewal to the next attempt: half the renew deadline (5 s by
-        default), at least a retry period."""
-        return max(self.renew_deadline.total_seconds() / 2, self.retry_period.total_seconds())
+        """Seconds from a successful renewal to the next attempt: as late as leaves two retries (each a
+        retry period with its most jitter) before the renew deadline (10.2 s by default), at least a retry
+        period."""
+        retry = self.retry_period.total_seconds() * (1 + JITTER)
+        return max(self.renew_deadline.total_seconds() - 2 * retry, self.retry_period.total_seconds())
 
     @property
     def steady_margin(self) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from brupop.kube.leader import (
+    JITTER,
     LeaderElector,
     LeaseConflictError,
     LeaseTiming,
@@ -362,14 +363,25 @@ async def test_a_leader_renews_with_one_write_of_the_lease_it_holds_and_no_read(
     await stop_electors(task)
 
 
-async def test_a_quiet_leader_renews_after_half_its_renew_deadline() -> None:
+def test_the_default_renewals_come_every_10_2_s_with_two_retries_in_hand_before_the_deadline() -> None:
+    """One renewal every 10.2 s (client-go's shape renewed every 2 s, our first timings every 5 s): two
+    retries, each a retry period with its most jitter, still fit in the 15 s deadline, and the Lease runs 5 s
+    past it."""
+    timing = LeaseTiming()
+    assert timing.renew_interval == pytest.approx(10.2)
+    assert timing.renew_interval + 2 * 2.0 * (1 + JITTER) <= timing.renew_deadline.total_seconds()
+    assert (timing.duration - timing.renew_deadline).total_seconds() == 5
+
+
+async def test_a_quiet_leader_renews_only_when_no_more_than_two_retries_fit_before_its_deadline() -> None:
     store = Store()
     a = LeaderElector(store=store, identity="a", name="l", namespace="ns", timing=FAST)
     task = await _leading(a)
     term = a.term
     times = await _renewals(store, "a", 5)
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    assert min(gaps) >= FAST.renew_deadline.total_seconds() / 2 - 0.01, gaps
+    latest = FAST.renew_deadline.total_seconds() - 2 * FAST.retry_period.total_seconds() * (1 + JITTER)
+    assert min(gaps) >= latest - 0.01, gaps
     assert a.term is term
     await stop_electors(task)
 
@@ -423,7 +435,8 @@ async def test_a_standby_watches_the_lease_instead_of_reading_it_and_takes_over_
     overlap = Overlap(a, b)
     task_b = asyncio.create_task(b.run())
     try:
-        await _renewals(store, "a", int(3 * FAST.duration / (FAST.renew_deadline / 2)))  # 3 lease durations
+        three_leases = int(3 * FAST.duration.total_seconds() / FAST.renew_interval)
+        await _renewals(store, "a", three_leases)
         assert not b.leading.is_set()
         assert b_view.reads <= 2  # its first look, and perhaps one when a watch began before a's write
         await stop_electors(task_a)  # a releases: b sees it on its watch and takes over
