@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -190,7 +191,7 @@ def stop(server: PrometheusServer) -> None:
 
 def _wait_ready(server: PrometheusServer, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    verify: Any = server.ca_file or True
+    verify = ssl.create_default_context(cafile=str(server.ca_file)) if server.ca_file else True
     with httpx.Client(verify=verify, timeout=2) as http:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
