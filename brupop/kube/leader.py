@@ -1,8 +1,8 @@
 """Leader election on a `coordination.k8s.io/v1` Lease, so several controller replicas are safe: only the
 holder writes. Timings are client-go's shape, a little longer (a 20 s lease, give up leading when a
 renewal has not succeeded for 15 s, retry every 2 s: client-go's 15 s and 10 s made the leader's renewals
-half its CPU at rest, see `LeaseTiming`). On shutdown the leader releases the Lease, so a successor takes over
-at once instead of waiting for it to expire. A replica that stops leading campaigns again.
+half its CPU at rest, see `LeaseTiming`). On shutdown the leader releases the Lease, so a successor
+takes over at once instead of waiting for it to expire. A replica that stops leading campaigns again.
 
 Why two replicas never lead at once, even with hung connections and wrong wall clocks:
 
@@ -20,10 +20,10 @@ Why two replicas never lead at once, even with hung connections and wrong wall c
 What it costs at rest (an idle operator should cost nothing): the leader renews with one PUT of the Lease
 it wrote last (client-go's fast path; only a 409, someone else's change, makes it read the Lease first),
 and only once no more than two retries still fit before the renew deadline (10.2 s after its last
-renewal), retrying every retry period after a failure. A candidate given a `watch` of
-the Lease does not poll it: it sees each renewal (and a release, at once) on the watch and reads the Lease
-again when the record it observed would expire; observing on a watch is observing later than the write,
-so the argument above holds. Without a watch, or while watching fails (say, RBAC without list/watch on
+renewal), retrying every retry period after a failure. A candidate given a `watch` of the Lease does not
+poll it: it sees each renewal (and a release, at once) on the watch and reads the Lease again when the
+record it observed would expire; observing on a watch is observing later than the write, so the argument
+above holds. Without a watch, or while watching fails (say, RBAC without list/watch on
 the Lease), it reads the Lease every retry period.
 
 Writers use `time_left()` (check right before each write and bound it) and `steady()` (whether a batch of
@@ -106,7 +106,7 @@ class LeaseTiming:
             )
         if not retry > 0:
             raise ValueError(f"retry period {retry:g}s must be positive")
-        if not retry * (1 + JITTER) < renew:
+        if not self.longest_retry_wait < renew:
             raise ValueError(
                 f"retry period {retry:g}s must be shorter than the renew deadline {renew:g}s "
                 f"(with {JITTER:.0%} jitter)"
@@ -117,20 +117,26 @@ class LeaseTiming:
         return int(self.duration.total_seconds())
 
     @property
+    def longest_retry_wait(self) -> float:
+        """Seconds at most between two attempts after a failure: a retry period with its most jitter."""
+        return self.retry_period.total_seconds() * (1 + JITTER)
+
+    @property
     def renew_interval(self) -> float:
-        """Seconds from a successful renewal to the next attempt: as late as leaves two retries (each a
-        retry period with its most jitter) before the renew deadline (10.2 s by default), at least a retry
-        period."""
-        retry = self.retry_period.total_seconds() * (1 + JITTER)
-        return max(self.renew_deadline.total_seconds() - 2 * retry, self.retry_period.total_seconds())
+        """Seconds from a successful renewal to the next attempt: as late as leaves two retries (each
+        `longest_retry_wait`) before the renew deadline (10.2 s by default), at least a retry period."""
+        return max(
+            self.renew_deadline.total_seconds() - 2 * self.longest_retry_wait,
+            self.retry_period.total_seconds(),
+        )
 
     @property
     def steady_margin(self) -> float:
         """The time left that lets a batch of writes begin: what remains when the renewal after the last
         success has failed and its retry is due, so a batch begins only while no attempt but the latest
         was missed."""
-        retry = self.retry_period.total_seconds() * (1 + JITTER)
-        return max(self.renew_deadline.total_seconds() - self.renew_interval - retry, 0.0)
+        left = self.renew_deadline.total_seconds() - self.renew_interval - self.longest_retry_wait
+        return max(left, 0.0)
 
 
 def micro_time(moment: datetime) -> str:
